@@ -82,6 +82,7 @@ class Episode:
     privileged: str | None = None  # which privileged strength the *sampler* saw (None = plain)
     episode_id: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    initial_observation: str = ""  # the env's reset() text (store transcripts and replay check it)
 
     @property
     def num_turns(self) -> int:

@@ -1,0 +1,126 @@
+"""Compact binary encoding of token arrays (never JSON).
+
+Every blob starts with a one-byte dtype tag, followed by the little-endian payload:
+
+====  ==========================================  =========================
+tag   payload                                     used for
+====  ==========================================  =========================
+``H`` uint16 values                               token ids when all < 65536
+``i`` int32 values                                token ids otherwise
+``f`` float32 values                              log-probs, token weights
+``m`` uint32 length ``n`` + ``ceil(n/8)`` bytes   0/1 loss masks (bit-packed)
+====  ==========================================  =========================
+
+A turn's prompt can be stored as a *delta*: ``Turn.prompt_ids`` holds the full context, which is
+the previous turn's prompt + completion followed by the new observation tokens. Storing only the
+length of the shared prefix and the new suffix keeps an episode's storage linear in its length.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import numpy as np
+
+from data.errors import CodecError
+
+__all__ = [
+    "encode_ids",
+    "encode_floats",
+    "encode_mask",
+    "decode",
+    "common_prefix_len",
+    "split_prompt",
+    "join_prompt",
+]
+
+_UINT16_MAX = np.iinfo(np.uint16).max
+_DTYPES = {b"H": np.dtype("<u2"), b"i": np.dtype("<i4"), b"f": np.dtype("<f4")}
+
+
+def encode_ids(ids: Sequence[int] | np.ndarray) -> bytes:
+    """Token ids -> ``b"H" + uint16`` when they all fit, else ``b"i" + int32``."""
+    arr = np.asarray(ids, dtype=np.int64)
+    if arr.ndim != 1:
+        raise CodecError(f"token ids must be 1-D, got shape {arr.shape}")
+    if arr.size == 0 or (arr.min() >= 0 and arr.max() <= _UINT16_MAX):
+        return b"H" + arr.astype("<u2").tobytes()
+    if arr.min() < np.iinfo(np.int32).min or arr.max() > np.iinfo(np.int32).max:
+        raise CodecError("token id does not fit in int32")
+    return b"i" + arr.astype("<i4").tobytes()
+
+
+def encode_floats(values: Sequence[float] | np.ndarray) -> bytes:
+    """Log-probs or weights -> ``b"f" + float32`` bytes."""
+    arr = np.asarray(values, dtype="<f4")
+    if arr.ndim != 1:
+        raise CodecError(f"float array must be 1-D, got shape {arr.shape}")
+    return b"f" + arr.tobytes()
+
+
+def encode_mask(mask: Sequence[int] | np.ndarray) -> bytes:
+    """A 0/1 mask of length n -> ``b"m" + uint32(n) + packbits(mask)`` (n/8 bytes)."""
+    arr = np.asarray(mask)
+    if arr.ndim != 1:
+        raise CodecError(f"mask must be 1-D, got shape {arr.shape}")
+    if arr.size and not np.isin(arr, (0, 1)).all():
+        raise CodecError("loss mask values must be 0 or 1")
+    return b"m" + struct.pack("<I", arr.size) + np.packbits(arr.astype(np.uint8)).tobytes()
+
+
+def decode(blob: bytes | memoryview | None) -> np.ndarray | None:
+    """Inverse of the ``encode_*`` functions; ``None`` stays ``None``.
+
+    Returns a 1-D array: int64 for ids and masks, float32 for floats.
+    """
+    if blob is None:
+        return None
+    blob = bytes(blob)
+    if not blob:
+        raise CodecError("empty blob (missing dtype tag)")
+    tag, payload = blob[:1], blob[1:]
+    if tag == b"m":
+        if len(payload) < 4:
+            raise CodecError("truncated mask header")
+        (n,) = struct.unpack("<I", payload[:4])
+        bits = np.frombuffer(payload[4:], dtype=np.uint8)
+        if bits.size != (n + 7) // 8:
+            raise CodecError(f"mask payload holds {bits.size} bytes, expected {(n + 7) // 8}")
+        return np.unpackbits(bits, count=n).astype(np.int64)
+    dtype = _DTYPES.get(tag)
+    if dtype is None:
+        raise CodecError(f"unknown dtype tag {tag!r}")
+    if len(payload) % dtype.itemsize:
+        raise CodecError(f"payload of {len(payload)} bytes is not a multiple of {dtype.itemsize}")
+    arr = np.frombuffer(payload, dtype=dtype)
+    return arr.astype(np.int64) if dtype.kind in "iu" else arr
+
+
+def common_prefix_len(a: np.ndarray, b: np.ndarray) -> int:
+    """Length of the longest common prefix of two 1-D integer arrays."""
+    n = min(a.size, b.size)
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(a[:n] != b[:n])
+    return int(diff[0]) if diff.size else n
+
+
+def split_prompt(prompt: np.ndarray, previous_context: np.ndarray | None) -> tuple[int, np.ndarray]:
+    """Delta-encode a prompt against the previous turn's ``prompt + completion``.
+
+    Returns ``(prefix_len, suffix)`` with ``prompt == previous_context[:prefix_len] ++ suffix``.
+    """
+    if previous_context is None:
+        return 0, prompt
+    k = common_prefix_len(prompt, previous_context)
+    return k, prompt[k:]
+
+
+def join_prompt(prefix_len: int, suffix: np.ndarray, previous_context: np.ndarray | None) -> np.ndarray:
+    """Inverse of :func:`split_prompt`."""
+    if prefix_len == 0:
+        return suffix
+    if previous_context is None or previous_context.size < prefix_len:
+        raise CodecError("prompt delta refers to a missing previous turn")
+    return np.concatenate([previous_context[:prefix_len], suffix])
