@@ -1,0 +1,158 @@
+"""Conversion at the store's edge: ``Episode``/``Turn`` records <-> row dicts of ``data.models``.
+
+Nothing else in the package builds or reads turn rows, so the binary layout (see
+:mod:`data.codec`) and the prompt delta live in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from agents.types import Episode, Turn
+from data import codec
+from data.errors import StoreError
+
+__all__ = ["episode_to_rows", "rows_to_episode", "check_turn"]
+
+
+def check_turn(turn: Turn) -> None:
+    """Raise :class:`StoreError` when a turn's per-token arrays disagree in length."""
+    n = len(turn.completion_ids)
+    lengths = {"sampler_logprobs": len(turn.sampler_logprobs), "loss_mask": len(turn.loss_mask)}
+    if turn.teacher_logprobs is not None:
+        lengths["teacher_logprobs"] = len(turn.teacher_logprobs)
+    if turn.token_weights is not None:
+        lengths["token_weights"] = len(turn.token_weights)
+    bad = {k: v for k, v in lengths.items() if v != n}
+    if bad:
+        raise StoreError(f"turn {turn.index}: len(completion_ids)={n} but {bad}")
+
+
+def episode_to_rows(run_id: int, step: int, episode: Episode) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One episode -> (episode row, turn rows without ``episode_id``), token arrays encoded."""
+    ep_row = {
+        "run_id": run_id,
+        "uid": episode.episode_id,
+        "step": step,
+        "env_id": episode.env_id,
+        "task_id": episode.task_id,
+        "task_type": episode.task_type,
+        "group_id": episode.group_id,
+        "seed": int(episode.seed),
+        "reward": float(episode.reward),
+        "won": bool(episode.won),
+        "num_turns": len(episode.turns),
+        "end_reason": episode.end_reason,
+        "privileged": episode.privileged,
+        "policy_version": int(episode.policy_version),
+        "initial_observation": episode.initial_observation,
+        "info": dict(episode.info),
+    }
+    turn_rows = []
+    previous: np.ndarray | None = None
+    for turn in episode.turns:
+        check_turn(turn)
+        prompt = np.asarray(turn.prompt_ids, dtype=np.int64)
+        completion = np.asarray(turn.completion_ids, dtype=np.int64)
+        prefix_len, suffix = codec.split_prompt(prompt, previous)
+        previous = np.concatenate([prompt, completion])
+        turn_rows.append(
+            {
+                "index": turn.index,
+                "prompt_prefix_len": prefix_len,
+                "prompt_suffix": codec.encode_ids(suffix),
+                "completion_ids": codec.encode_ids(completion),
+                "sampler_logprobs": codec.encode_floats(turn.sampler_logprobs),
+                "teacher_logprobs": _opt_floats(turn.teacher_logprobs),
+                "loss_mask": codec.encode_mask(turn.loss_mask),
+                "token_weights": _opt_floats(turn.token_weights),
+                "action_text": turn.action_text,
+                "action": turn.action,
+                "action_valid": bool(turn.action_valid),
+                "observation": turn.observation,
+                "reward": float(turn.reward),
+                "terminated": bool(turn.terminated),
+                "truncated": bool(turn.truncated),
+                "finish_reason": turn.finish_reason,
+                "policy_version": int(turn.policy_version),
+                "info": dict(turn.info),
+            }
+        )
+    return ep_row, turn_rows
+
+
+def _opt_floats(values: Sequence[float] | None) -> bytes | None:
+    return None if values is None else codec.encode_floats(values)
+
+
+
+def decode_turn_arrays(turn_rows: Sequence[Mapping[str, Any]]) -> list[dict[str, np.ndarray | None]]:
+    """Decode the token arrays of one episode's turn rows (in index order), undoing the delta."""
+    out: list[dict[str, np.ndarray | None]] = []
+    previous: np.ndarray | None = None
+    for row in turn_rows:
+        completion = codec.decode(row["completion_ids"])
+        assert completion is not None
+        prompt = codec.join_prompt(row["prompt_prefix_len"], codec.decode(row["prompt_suffix"]), previous)
+        previous = np.concatenate([prompt, completion])
+        out.append(
+            {
+                "prompt_ids": prompt,
+                "completion_ids": completion,
+                "sampler_logprobs": codec.decode(row["sampler_logprobs"]),
+                "teacher_logprobs": codec.decode(row["teacher_logprobs"]),
+                "loss_mask": codec.decode(row["loss_mask"]),
+                "token_weights": codec.decode(row["token_weights"]),
+            }
+        )
+    return out
+
+
+def rows_to_episode(ep_row: Mapping[str, Any], turn_rows: Sequence[Mapping[str, Any]]) -> Episode:
+    """(episode row, its turn rows in index order) -> ``Episode`` with plain Python lists."""
+    turns = []
+    for row, arrays in zip(turn_rows, decode_turn_arrays(turn_rows)):
+        turns.append(
+            Turn(
+                index=row["index"],
+                prompt_ids=arrays["prompt_ids"].tolist(),  # type: ignore[union-attr]
+                completion_ids=arrays["completion_ids"].tolist(),  # type: ignore[union-attr]
+                sampler_logprobs=arrays["sampler_logprobs"].tolist(),  # type: ignore[union-attr]
+                loss_mask=arrays["loss_mask"].tolist(),  # type: ignore[union-attr]
+                action_text=row["action_text"],
+                action=row["action"],
+                action_valid=bool(row["action_valid"]),
+                observation=row["observation"],
+                reward=row["reward"],
+                terminated=bool(row["terminated"]),
+                truncated=bool(row["truncated"]),
+                finish_reason=row["finish_reason"],
+                policy_version=row["policy_version"],
+                teacher_logprobs=_tolist(arrays["teacher_logprobs"]),
+                token_weights=_tolist(arrays["token_weights"]),
+                info=dict(row["info"] or {}),
+            )
+        )
+    return Episode(
+        env_id=ep_row["env_id"],
+        task_id=ep_row["task_id"],
+        seed=ep_row["seed"],
+        turns=turns,
+        group_id=ep_row["group_id"],
+        task_type=ep_row["task_type"],
+        reward=ep_row["reward"],
+        won=bool(ep_row["won"]),
+        end_reason=ep_row["end_reason"],
+        policy_version=ep_row["policy_version"],
+        privileged=ep_row["privileged"],
+        episode_id=ep_row["uid"],
+        info=dict(ep_row["info"] or {}),
+        initial_observation=ep_row["initial_observation"],
+    )
+
+
+def _tolist(arr: np.ndarray | None) -> list[float] | None:
+    return None if arr is None else arr.tolist()
