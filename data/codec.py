@@ -117,7 +117,9 @@ def split_prompt(prompt: np.ndarray, previous_context: np.ndarray | None) -> tup
     return k, prompt[k:]
 
 
-def join_prompt(prefix_len: int, suffix: np.ndarray, previous_context: np.ndarray | None) -> np.ndarray:
+def join_prompt(
+    prefix_len: int, suffix: np.ndarray, previous_context: np.ndarray | None
+) -> np.ndarray:
     """Inverse of :func:`split_prompt`."""
     if prefix_len == 0:
         return suffix

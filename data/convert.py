@@ -31,7 +31,9 @@ def check_turn(turn: Turn) -> None:
         raise StoreError(f"turn {turn.index}: len(completion_ids)={n} but {bad}")
 
 
-def episode_to_rows(run_id: int, step: int, episode: Episode) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def episode_to_rows(
+    run_id: int, step: int, episode: Episode
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One episode -> (episode row, turn rows without ``episode_id``), token arrays encoded."""
     ep_row = {
         "run_id": run_id,
@@ -88,15 +90,18 @@ def _opt_floats(values: Sequence[float] | None) -> bytes | None:
     return None if values is None else codec.encode_floats(values)
 
 
-
-def decode_turn_arrays(turn_rows: Sequence[Mapping[str, Any]]) -> list[dict[str, np.ndarray | None]]:
+def decode_turn_arrays(
+    turn_rows: Sequence[Mapping[str, Any]],
+) -> list[dict[str, np.ndarray | None]]:
     """Decode the token arrays of one episode's turn rows (in index order), undoing the delta."""
     out: list[dict[str, np.ndarray | None]] = []
     previous: np.ndarray | None = None
     for row in turn_rows:
         completion = codec.decode(row["completion_ids"])
         assert completion is not None
-        prompt = codec.join_prompt(row["prompt_prefix_len"], codec.decode(row["prompt_suffix"]), previous)
+        prompt = codec.join_prompt(
+            row["prompt_prefix_len"], codec.decode(row["prompt_suffix"]), previous
+        )
         previous = np.concatenate([prompt, completion])
         out.append(
             {

@@ -17,7 +17,14 @@ from sqlalchemy import Connection
 
 from data.errors import SchemaTooNew
 
-__all__ = ["MIGRATIONS_DIR", "alembic_config", "head_revision", "current_revision", "upgrade", "check_revision"]
+__all__ = [
+    "MIGRATIONS_DIR",
+    "alembic_config",
+    "head_revision",
+    "current_revision",
+    "upgrade",
+    "check_revision",
+]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 

@@ -56,9 +56,13 @@ def arrays_from_episode(episode: Episode) -> list[TurnArrays]:
                 "prompt_ids": np.asarray(t.prompt_ids, dtype=np.int64),
                 "completion_ids": np.asarray(t.completion_ids, dtype=np.int64),
                 "sampler_logprobs": np.asarray(t.sampler_logprobs, dtype=np.float32),
-                "teacher_logprobs": None if t.teacher_logprobs is None else np.asarray(t.teacher_logprobs, dtype=np.float32),
+                "teacher_logprobs": None
+                if t.teacher_logprobs is None
+                else np.asarray(t.teacher_logprobs, dtype=np.float32),
                 "loss_mask": np.asarray(t.loss_mask, dtype=np.int64),
-                "token_weights": None if t.token_weights is None else np.asarray(t.token_weights, dtype=np.float32),
+                "token_weights": None
+                if t.token_weights is None
+                else np.asarray(t.token_weights, dtype=np.float32),
             }
         )
     return out
@@ -103,7 +107,9 @@ def _empty_row(ids: np.ndarray, episode_id: str, turn_index: int, has_teacher: b
     )
 
 
-def rows_from_arrays(turns: Sequence[TurnArrays], episode_id: str, per_turn: bool = True) -> list[Row]:
+def rows_from_arrays(
+    turns: Sequence[TurnArrays], episode_id: str, per_turn: bool = True
+) -> list[Row]:
     """One episode's turn arrays -> training rows (one per turn, or one for the whole episode)."""
     if not turns:
         return []
@@ -156,7 +162,9 @@ def pad_rows(rows: Sequence[Row], pad_id: int = 0) -> TokenBatch:
     )
 
 
-def episodes_to_batch(episodes: Sequence[Episode], per_turn: bool = True, pad_id: int = 0) -> TokenBatch:
+def episodes_to_batch(
+    episodes: Sequence[Episode], per_turn: bool = True, pad_id: int = 0
+) -> TokenBatch:
     """``Episode`` records -> a padded :class:`TokenBatch`."""
     rows: list[Row] = []
     for ep in episodes:

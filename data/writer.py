@@ -39,7 +39,9 @@ _STOP = object()
 class BackgroundWriter:
     """A daemon thread that owns the write connection and commits queued jobs in batches."""
 
-    def __init__(self, engine: Engine, *, max_batch: int = 64, name: str = "distillgym-store-writer"):
+    def __init__(
+        self, engine: Engine, *, max_batch: int = 64, name: str = "distillgym-store-writer"
+    ):
         self._engine = engine
         self._max_batch = max_batch
         self._queue: queue.Queue[object] = queue.Queue()
@@ -63,8 +65,12 @@ class BackgroundWriter:
     def flush(self, timeout: float | None = None) -> None:
         """Block until every submitted job is committed (or failed); then raise any writer error."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._pending == 0 or not self._thread.is_alive(), timeout):
-                raise WriterError(f"flush timed out after {timeout}s with {self._pending} jobs pending")
+            if not self._cond.wait_for(
+                lambda: self._pending == 0 or not self._thread.is_alive(), timeout
+            ):
+                raise WriterError(
+                    f"flush timed out after {timeout}s with {self._pending} jobs pending"
+                )
         self._raise_pending()
 
     def close(self) -> None:
@@ -138,4 +144,3 @@ class BackgroundWriter:
         error.__cause__ = exc
         with self._cond:
             self._errors.append(error)
-

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import warnings
 
 from envs.base import (
     CHARSET,
@@ -34,10 +35,13 @@ from envs.registry import (
     load_entry_points,
     make,
     register_env,
+    unregister_env,
 )
+from envs.registry import record_failure as _record_failure
 
 __all__ = [
     "CHARSET",
+    "IMPORT_FAILURES",
     "ENTRY_POINT_GROUP",
     "NAMESPACE",
     "SPLITS",
@@ -54,14 +58,23 @@ __all__ = [
     "load_entry_points",
     "make",
     "register_env",
+    "unregister_env",
 ]
 
 importlib.import_module("envs.household").register()
 
-# Sibling env packages register themselves in their own ``register()`` when present. A package
-# that exists but fails to import is a program error and is left to raise.
+# Sibling env packages register themselves (at import or in ``register()``) when present. One that
+# exists but fails to import must not take the others down: the failure is warned about, kept in
+# IMPORT_FAILURES (tests/test_envs_api.py asserts it is empty) and named by UnknownEnvError.
+IMPORT_FAILURES: dict[str, str] = {}
 for _name in ("envs.tooluse", "envs.clinical", "envs.sokoban"):
-    if importlib.util.find_spec(_name) is not None:
+    if importlib.util.find_spec(_name) is None:
+        continue
+    try:
         _mod = importlib.import_module(_name)
         if hasattr(_mod, "register"):
             _mod.register()
+    except Exception as _exc:  # reported loudly, see above
+        IMPORT_FAILURES[_name] = f"{type(_exc).__name__}: {_exc}"
+        _record_failure(_name, IMPORT_FAILURES[_name])
+        warnings.warn(f"{_name} failed to import: {_exc!r}", stacklevel=1)

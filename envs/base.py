@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import string
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -96,7 +95,7 @@ class UnknownEnvError(EnvError, LookupError):
         self.known = known
         msg = f"unknown env id {env_id!r}; known ids: {', '.join(known) or '(none)'}"
         if failed:
-            msg += "; entry points that failed to load: " + ", ".join(
+            msg += "; env sources that failed to load: " + ", ".join(
                 f"{k} ({v})" for k, v in failed.items()
             )
         super().__init__(msg)
@@ -190,7 +189,7 @@ def sanitize_text(text: str, max_length: int) -> str:
 class TextEnv(gym.Env[str, str]):
     """Base class of every DistillGym env (see the module docstring for the contract)."""
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
     family: ClassVar[str] = ""
     invalid_feedback: ClassVar[str] = "Nothing happens."
     max_observation_length: ClassVar[int] = 16_384
@@ -296,7 +295,9 @@ class TextEnv(gym.Env[str, str]):
                 f"unknown reset option(s) {sorted(unknown)}; allowed: {sorted(_OPTION_KEYS)}"
             )
         difficulty = options.get("difficulty")
-        difficulty = self._validate_difficulty(self.difficulty if difficulty is None else difficulty)
+        difficulty = self._validate_difficulty(
+            self.difficulty if difficulty is None else difficulty
+        )
         task_id = options.get("task_id")
         if task_id is None:
             split = options.get("split", "train")
@@ -378,7 +379,7 @@ class TextEnv(gym.Env[str, str]):
         if strength == "hint":
             return f"Hint: {priv.hint}" if priv.hint else ""
         if strength == "answer":
-            return f"The answer is: {priv.answer}" if priv.answer not in ("", None) else ""
+            return f"Answer: {priv.answer}" if priv.answer not in ("", None) else ""
         if priv.outcome is None:
             return ""
         hint = priv.hints.get("reinforcing" if self._won else "corrective", "")

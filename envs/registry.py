@@ -35,7 +35,9 @@ __all__ = [
     "list_envs",
     "load_entry_points",
     "make",
+    "record_failure",
     "register_env",
+    "unregister_env",
 ]
 
 NAMESPACE = "DistillGym"
@@ -43,7 +45,8 @@ ENTRY_POINT_GROUP = "distillgym.envs"
 
 _registered: set[str] = set()
 _entry_points_loaded = False
-_failed_entry_points: dict[str, str] = {}
+_failed_entry_points: dict[str, str] = {}  # entry point name -> error (reset on reload)
+_failed_sources: dict[str, str] = {}  # sibling packages that failed to import
 
 
 def register_env(
@@ -66,6 +69,12 @@ def register_env(
     _registered.add(id)
 
 
+def unregister_env(id: str) -> None:
+    """Remove ``id`` (registered through :func:`register_env`); unknown ids are ignored."""
+    _registered.discard(id)
+    gym.registry.pop(id, None)
+
+
 def load_entry_points(*, force: bool = False) -> dict[str, str]:
     """Load the ``distillgym.envs`` entry points once; return ``{name: error}`` of failures.
 
@@ -74,31 +83,34 @@ def load_entry_points(*, force: bool = False) -> dict[str, str]:
     """
     global _entry_points_loaded
     if _entry_points_loaded and not force:
-        return dict(_failed_entry_points)
+        return {**_failed_sources, **_failed_entry_points}
     _entry_points_loaded = True
+    _failed_entry_points.clear()
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             _load_one(ep)
-            _failed_entry_points.pop(ep.name, None)
         except Exception as exc:  # a plugin's bug: reported, never swallowed silently
             _failed_entry_points[ep.name] = f"{type(exc).__name__}: {exc}"
             warnings.warn(
                 f"distillgym.envs entry point {ep.name!r} = {ep.value!r} failed to load: {exc}",
                 stacklevel=2,
             )
-    return dict(_failed_entry_points)
+    return {**_failed_sources, **_failed_entry_points}
 
 
 def _load_one(ep: importlib.metadata.EntryPoint) -> None:
     obj = ep.load()
     if inspect.isclass(obj) and issubclass(obj, gym.Env):
-        register_env(
-            ep.name, ep.value, max_episode_steps=getattr(obj, "max_episode_steps", None)
-        )
+        register_env(ep.name, ep.value, max_episode_steps=getattr(obj, "max_episode_steps", None))
     elif callable(obj):
         obj()
     else:
         raise TypeError(f"expected a gymnasium.Env subclass or a function, got {obj!r}")
+
+
+def record_failure(source: str, error: str) -> None:
+    """Remember that ``source`` (an entry point or a sibling package) failed to load."""
+    _failed_sources[source] = error
 
 
 def list_envs() -> list[str]:
@@ -116,11 +128,11 @@ def make(id: str, **kwargs: Any) -> gym.Env:
     return gym.make(id, **kwargs)
 
 
-def env_class(id: str) -> type:
+def env_class(id: str) -> Any:
     """The class (or creator) behind ``id``, without constructing an env."""
     load_entry_points()
     if id not in gym.registry:
-        raise UnknownEnvError(id, list_envs(), dict(_failed_entry_points))
+        raise UnknownEnvError(id, list_envs(), {**_failed_sources, **_failed_entry_points})
     entry = gym.registry[id].entry_point
     if isinstance(entry, str):
         return gym.envs.registration.load_env_creator(entry)

@@ -54,6 +54,7 @@ from .chunked import (
     RowFn,
     default_chunk_size,
     fused_linear_pass,
+    math_dtype,
     logits_pass,
     torch_rows,
 )
@@ -87,26 +88,29 @@ def _row_fn(backend: str) -> RowFn:
     return triton_rows
 
 
-def _resolve_backend(backend: str, device: torch.device, topk: bool) -> str:
+def _resolve_backend(backend: str, device: torch.device, topk: bool, dtype: torch.dtype) -> str:
     if backend not in ("auto", "torch", "triton"):
         raise KernelInputError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
     if backend == "triton":
         if topk:
             raise KernelInputError("backend='triton' takes full teacher logits; top-k uses 'torch'")
+        if dtype == torch.float64:
+            raise KernelInputError("backend='triton' computes in fp32; float64 inputs use 'torch'")
         if not triton_available(device):
             raise KernelBackendError(
                 f"backend='triton' needs CUDA tensors or TRITON_INTERPRET=1 set before the first "
                 f"Triton use (tensors are on {device.type})"
             )
         return "triton"
-    if backend == "auto" and not topk and device.type == "cuda" and triton_available(device):
+    fast = not topk and dtype != torch.float64 and device.type == "cuda"
+    if backend == "auto" and fast and triton_available(device):
         return "triton"
     return "torch"
 
 
 def _make_config(
     kind: str, beta: float, temperature: float, chunk_size: int | None, vocab: int,
-    device: torch.device, backend: str, topk: bool,
+    device: torch.device, backend: str, topk: bool, dtype: torch.dtype,
 ) -> LossConfig:
     if kind not in _KINDS:
         raise KernelInputError(f"kind must be one of {_KINDS}, got {kind!r}")
@@ -121,17 +125,18 @@ def _make_config(
         beta=float(beta),
         temperature=float(temperature),
         chunk_size=chunk_size or default_chunk_size(vocab, device),
-        backend=_resolve_backend(backend, device, topk),
+        backend=_resolve_backend(backend, device, topk, dtype),
     )
 
 
 def _weights_and_rows(
-    weights: torch.Tensor | None, n: int, device: torch.device
+    weights: torch.Tensor | None, n: int, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """fp32 weights ``(N,)`` and the kept row ids (None when every weight is non-zero)."""
+    """Weights ``(N,)`` in the math dtype and the kept row ids (None when all are non-zero)."""
+    dtype = math_dtype(dtype)
     if weights is None:
-        return torch.ones(n, dtype=torch.float32, device=device), None
-    w = weights.detach().reshape(-1).to(device=device, dtype=torch.float32)
+        return torch.ones(n, dtype=dtype, device=device), None
+    w = weights.detach().reshape(-1).to(device=device, dtype=dtype)
     if w.numel() != n:
         raise KernelInputError(f"weights must have one entry per token ({n}), got {w.numel()}")
     if bool((w < 0).any()) or not bool(torch.isfinite(w).all()):
@@ -208,7 +213,7 @@ class _FusedLinearDistill(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g_loss: torch.Tensor, _g_ent: torch.Tensor) -> tuple[Any, ...]:
         hidden, head, weights, dx_unit, dw_unit = ctx.saved_tensors
-        g = g_loss.float()
+        g = g_loss.to(weights.dtype)
         dx = dw = None
         if dx_unit is not None:
             dx = (dx_unit * g.unsqueeze(-1)).to(hidden.dtype)
@@ -251,7 +256,7 @@ class _LogitsDistill(torch.autograd.Function):
     def backward(ctx: Any, g_loss: torch.Tensor, _g_ent: torch.Tensor) -> tuple[Any, ...]:
         student_logits, weights = ctx.saved_tensors
         _, _, grad = logits_pass(
-            student_logits, ctx.teacher, weights * g_loss.float(), ctx.rows, ctx.cfg,
+            student_logits, ctx.teacher, weights * g_loss.to(weights.dtype), ctx.rows, ctx.cfg,
             _row_fn(ctx.cfg.backend), need_grad=True,
         )
         return grad, None, None, None, None
@@ -292,10 +297,10 @@ def distill_loss(
     n, vocab = hidden.shape[0], student_head.shape[0]
     cfg = _make_config(
         kind, beta, temperature, chunk_size, vocab, hidden.device, backend,
-        isinstance(teacher, TeacherTopK),
+        isinstance(teacher, TeacherTopK), hidden.dtype,
     )
     tens = _teacher_tensors(teacher, lead, n, vocab)
-    w, rows = _weights_and_rows(weights, n, hidden.device)
+    w, rows = _weights_and_rows(weights, n, hidden.device, hidden.dtype)
     loss, ent = _FusedLinearDistill.apply(hidden, student_head, tens, w, rows, cfg)
     out = _reduce(loss.reshape(lead), reduction, w)
     return (out, ent.reshape(lead)) if return_entropy else out
@@ -329,10 +334,10 @@ def distill_loss_from_logits(
     n = logits.shape[0]
     cfg = _make_config(
         kind, beta, temperature, chunk_size, vocab, logits.device, backend,
-        isinstance(teacher, TeacherTopK),
+        isinstance(teacher, TeacherTopK), logits.dtype,
     )
     tens = _teacher_tensors(teacher, lead, n, vocab)
-    w, rows = _weights_and_rows(weights, n, logits.device)
+    w, rows = _weights_and_rows(weights, n, logits.device, logits.dtype)
     loss, ent = _LogitsDistill.apply(logits, tens, w, rows, cfg)
     out = _reduce(loss.reshape(lead), reduction, w)
     return (out, ent.reshape(lead)) if return_entropy else out

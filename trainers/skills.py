@@ -95,7 +95,7 @@ class SummarizerError(SkillError):
 class Skill:
     """One skill of the bank, as the trainer sees it (converted from the store's row at its edge)."""
 
-    skill_id: str
+    skill_id: int
     task_id: str
     content: dict[str, Any]  # the validated JSON summary
     uses: int = 0
@@ -335,43 +335,37 @@ def select_skill(skills: Sequence[Skill], c: float = 1.0) -> Skill | None:
 
 
 class SkillBank:
-    """The per-task skill bank of one run, kept in the trajectory store.
+    """The per-task skill bank of one run, kept in the trajectory store (``data.Store``).
 
-    The store (``data.Store``) owns persistence: ``add_skill``, ``skills`` and
-    ``record_skill_use``. This class converts its rows to :class:`Skill` records at the edge and
-    is safe to call from the worker thread (each store call opens its own session).
+    The store owns persistence (``add_skill``, ``skills``, ``record_skill_use``); this class
+    validates skills before they are stored, converts the store's ``SkillRecord`` rows to
+    :class:`Skill` at the edge, and is safe to call from the worker thread.
     """
 
-    def __init__(self, store: Any, run_id: str | None = None) -> None:
+    def __init__(self, store: Any, run_id: int) -> None:
         self.store = store
         self.run_id = run_id
+        self.step = 0  # the trainer's current step, recorded as the skill's creation step
 
-    def add(self, task_id: str, content: dict[str, Any], source_episode_id: str = "") -> str:
-        jsonschema.validate(content, SKILL_SCHEMA)  # never store half a skill
-        return str(
-            self.store.add_skill(
-                task_id=task_id,
-                content=content,
-                run_id=self.run_id,
-                source_episode_id=source_episode_id or None,
-            )
-        )
+    def add(self, task_id: str, content: dict[str, Any]) -> int:
+        """Validate and store a skill; returns its id. Never stores half a skill."""
+        jsonschema.validate(content, SKILL_SCHEMA)
+        return int(self.store.add_skill(self.run_id, task_id, dict(content), self.step))
 
     def for_task(self, task_id: str) -> list[Skill]:
-        rows = self.store.skills(task_id=task_id, run_id=self.run_id)
-        return [_to_skill(row) for row in rows]
+        return [_to_skill(row) for row in self.store.skills(self.run_id, task_id)]
 
-    def record_use(self, skill_id: str, reward: float) -> None:
-        self.store.record_skill_use(skill_id, reward)
+    def record_use(self, skill_id: int, reward: float) -> None:
+        self.store.record_skill_use(int(skill_id), float(reward))
 
     def size(self) -> int:
-        return len(self.store.skills(run_id=self.run_id))
+        return len(self.store.skills(self.run_id))
 
 
 def _to_skill(row: Any) -> Skill:
     """Convert a store ``data.types.SkillRecord`` to the trainer's :class:`Skill`."""
     return Skill(
-        skill_id=str(row.skill_id),
+        skill_id=int(row.skill_id),
         task_id=str(row.task_id),
         content=dict(row.skill),
         uses=int(row.usage_count),
@@ -447,5 +441,5 @@ class SkillWorker:
         if content is None:
             self.stats.dropped += 1
             return
-        self.bank.add(episode.task_id, content, source_episode_id=episode.episode_id)
+        self.bank.add(episode.task_id, content)
         self.stats.stored += 1

@@ -69,29 +69,79 @@ OPENABLE: frozenset[str] = frozenset({"fridge", "cabinet", "microwave", "drawer"
 # At most one of these per room.
 SINGLETON: frozenset[str] = frozenset(
     {
-        "fridge", "microwave", "sinkbasin", "stoveburner", "coffeemachine", "toaster", "bed",
-        "sofa", "tvstand", "bathtubbasin", "toilet", "desk", "dresser", "diningtable",
-        "coffeetable", "garbagecan", "safe", "towelholder", "handtowelholder",
+        "fridge",
+        "microwave",
+        "sinkbasin",
+        "stoveburner",
+        "coffeemachine",
+        "toaster",
+        "bed",
+        "sofa",
+        "tvstand",
+        "bathtubbasin",
+        "toilet",
+        "desk",
+        "dresser",
+        "diningtable",
+        "coffeetable",
+        "garbagecan",
+        "safe",
+        "towelholder",
+        "handtowelholder",
     }
 )
 
 # Receptacle kinds each room may hold (the first ones are the most typical).
 ROOMS: dict[str, tuple[str, ...]] = {
     "kitchen": (
-        "countertop", "cabinet", "drawer", "fridge", "microwave", "sinkbasin", "stoveburner",
-        "coffeemachine", "diningtable", "toaster", "garbagecan", "shelf",
+        "countertop",
+        "cabinet",
+        "drawer",
+        "fridge",
+        "microwave",
+        "sinkbasin",
+        "stoveburner",
+        "coffeemachine",
+        "diningtable",
+        "toaster",
+        "garbagecan",
+        "shelf",
     ),
     "livingroom": (
-        "sofa", "armchair", "coffeetable", "sidetable", "tvstand", "shelf", "drawer", "cabinet",
-        "diningtable", "garbagecan", "box",
+        "sofa",
+        "armchair",
+        "coffeetable",
+        "sidetable",
+        "tvstand",
+        "shelf",
+        "drawer",
+        "cabinet",
+        "diningtable",
+        "garbagecan",
+        "box",
     ),
     "bedroom": (
-        "bed", "desk", "dresser", "drawer", "shelf", "sidetable", "safe", "garbagecan",
-        "armchair", "box",
+        "bed",
+        "desk",
+        "dresser",
+        "drawer",
+        "shelf",
+        "sidetable",
+        "safe",
+        "garbagecan",
+        "armchair",
+        "box",
     ),
     "bathroom": (
-        "sinkbasin", "bathtubbasin", "toilet", "countertop", "cabinet", "towelholder",
-        "handtowelholder", "garbagecan", "drawer",
+        "sinkbasin",
+        "bathtubbasin",
+        "toilet",
+        "countertop",
+        "cabinet",
+        "towelholder",
+        "handtowelholder",
+        "garbagecan",
+        "drawer",
     ),
 }
 
@@ -120,8 +170,28 @@ _DISH_SPAWN = ("cabinet", "countertop", "diningtable", "shelf", "sinkbasin")
 _DISH_GOALS = ("cabinet", "countertop", "diningtable", "shelf", "microwave", "fridge")
 _TOOL_SPAWN = ("drawer", "countertop", "diningtable", "sinkbasin")
 _TOOL_GOALS = ("drawer", "countertop", "diningtable", "cabinet")
-_SMALL_SPAWN = ("desk", "sidetable", "dresser", "drawer", "shelf", "bed", "sofa", "coffeetable", "armchair")
-_SMALL_GOALS = ("desk", "sidetable", "dresser", "drawer", "shelf", "safe", "box", "coffeetable", "garbagecan")
+_SMALL_SPAWN = (
+    "desk",
+    "sidetable",
+    "dresser",
+    "drawer",
+    "shelf",
+    "bed",
+    "sofa",
+    "coffeetable",
+    "armchair",
+)
+_SMALL_GOALS = (
+    "desk",
+    "sidetable",
+    "dresser",
+    "drawer",
+    "shelf",
+    "safe",
+    "box",
+    "coffeetable",
+    "garbagecan",
+)
 _BATH_SPAWN = ("countertop", "cabinet", "toilet", "bathtubbasin", "sinkbasin", "drawer")
 _BATH_GOALS = ("countertop", "cabinet", "toilet", "drawer", "garbagecan", "bathtubbasin")
 
@@ -143,14 +213,29 @@ OBJECTS: dict[str, ObjectKind] = {
         _k("cup", _DISH_SPAWN, _DISH_GOALS, "chk"),
         _k("plate", _DISH_SPAWN, _DISH_GOALS, "chk"),
         _k("bowl", _DISH_SPAWN, _DISH_GOALS, "chk"),
-        _k("pan", ("stoveburner", "countertop", "cabinet"), ("stoveburner", "countertop", "cabinet", "diningtable"), "ck"),
-        _k("pot", ("stoveburner", "countertop", "cabinet"), ("stoveburner", "countertop", "cabinet", "diningtable"), "ck"),
+        _k(
+            "pan",
+            ("stoveburner", "countertop", "cabinet"),
+            ("stoveburner", "countertop", "cabinet", "diningtable"),
+            "ck",
+        ),
+        _k(
+            "pot",
+            ("stoveburner", "countertop", "cabinet"),
+            ("stoveburner", "countertop", "cabinet", "diningtable"),
+            "ck",
+        ),
         _k("knife", _TOOL_SPAWN, _TOOL_GOALS, "c"),
         _k("fork", _TOOL_SPAWN, _TOOL_GOALS, "c"),
         _k("spoon", _TOOL_SPAWN, _TOOL_GOALS, "c"),
         _k("spatula", _TOOL_SPAWN, _TOOL_GOALS, "c"),
         _k("ladle", _TOOL_SPAWN, _TOOL_GOALS, "c"),
-        _k("winebottle", ("countertop", "cabinet", "diningtable", "fridge"), ("countertop", "cabinet", "fridge", "garbagecan", "diningtable"), "k"),
+        _k(
+            "winebottle",
+            ("countertop", "cabinet", "diningtable", "fridge"),
+            ("countertop", "cabinet", "fridge", "garbagecan", "diningtable"),
+            "k",
+        ),
         _k("cellphone", _SMALL_SPAWN, _SMALL_GOALS),
         _k("book", _SMALL_SPAWN, _SMALL_GOALS),
         _k("pen", _SMALL_SPAWN, _SMALL_GOALS),
@@ -159,15 +244,31 @@ OBJECTS: dict[str, ObjectKind] = {
         _k("creditcard", _SMALL_SPAWN, _SMALL_GOALS),
         _k("cd", _SMALL_SPAWN, _SMALL_GOALS),
         _k("alarmclock", _SMALL_SPAWN, _SMALL_GOALS),
-        _k("remotecontrol", ("sofa", "armchair", "coffeetable", "sidetable", "tvstand"), ("sofa", "armchair", "coffeetable", "sidetable", "tvstand", "box")),
+        _k(
+            "remotecontrol",
+            ("sofa", "armchair", "coffeetable", "sidetable", "tvstand"),
+            ("sofa", "armchair", "coffeetable", "sidetable", "tvstand", "box"),
+        ),
         _k("pillow", ("bed", "sofa", "armchair"), ("bed", "sofa", "armchair")),
-        _k("vase", ("shelf", "coffeetable", "sidetable", "tvstand", "dresser"), ("shelf", "coffeetable", "sidetable", "safe", "dresser")),
-        _k("statue", ("shelf", "coffeetable", "sidetable", "tvstand", "desk"), ("shelf", "coffeetable", "sidetable", "desk", "dresser")),
+        _k(
+            "vase",
+            ("shelf", "coffeetable", "sidetable", "tvstand", "dresser"),
+            ("shelf", "coffeetable", "sidetable", "safe", "dresser"),
+        ),
+        _k(
+            "statue",
+            ("shelf", "coffeetable", "sidetable", "tvstand", "desk"),
+            ("shelf", "coffeetable", "sidetable", "desk", "dresser"),
+        ),
         _k("soapbar", _BATH_SPAWN, _BATH_GOALS, "c"),
         _k("cloth", _BATH_SPAWN, _BATH_GOALS + ("towelholder",), "c"),
         _k("spraybottle", _BATH_SPAWN, _BATH_GOALS),
         _k("toiletpaper", _BATH_SPAWN, _BATH_GOALS),
         _k("candle", _BATH_SPAWN, _BATH_GOALS),
-        _k("towel", ("towelholder", "handtowelholder", "bathtubbasin"), ("towelholder", "handtowelholder", "countertop", "garbagecan")),
+        _k(
+            "towel",
+            ("towelholder", "handtowelholder", "bathtubbasin"),
+            ("towelholder", "handtowelholder", "countertop", "garbagecan"),
+        ),
     )
 }

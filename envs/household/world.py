@@ -22,7 +22,15 @@ from dataclasses import dataclass, field, replace
 from envs.household.catalog import APPLIANCE, OBJECTS, VERB_OF_FLAG
 
 __all__ = [
-    "HAND", "NOTHING", "Obj", "Receptacle", "Task", "World", "join_items", "join_rooms", "normalize",
+    "HAND",
+    "NOTHING",
+    "Obj",
+    "Receptacle",
+    "Task",
+    "World",
+    "join_items",
+    "join_rooms",
+    "normalize",
 ]
 
 NOTHING = "Nothing happens."
@@ -191,7 +199,11 @@ class World:
     def _exits_text(self) -> str:
         if not self.multi_room:
             return ""
-        return " From here you can go to " + join_rooms([r for r in self.rooms if r != self.room]) + "."
+        return (
+            " From here you can go to "
+            + join_rooms([r for r in self.rooms if r != self.room])
+            + "."
+        )
 
     def recep_text(self, name: str) -> str:
         r = self.receptacles[name]
@@ -356,7 +368,11 @@ class World:
         if held is not None:
             acts.append(f"move {held} to {r.name}")
             kind = OBJECTS[self.objects[held].kind]
-            for flag, able in (("clean", kind.cleanable), ("hot", kind.heatable), ("cool", kind.coolable)):
+            for flag, able in (
+                ("clean", kind.cleanable),
+                ("hot", kind.heatable),
+                ("cool", kind.coolable),
+            ):
                 if able and r.kind == APPLIANCE[flag]:
                     acts.append(f"{VERB_OF_FLAG[flag]} {held} with {r.name}")
         return acts
@@ -366,22 +382,26 @@ class World:
     def check_invariants(self) -> None:
         """Raise AssertionError if the state is inconsistent (used by the property tests)."""
         seen: dict[str, str] = {}
-        for recep, objs in self.contents.items():
-            for o in objs:
-                assert o not in seen, f"{o} is in both {seen[o]} and {recep}"
-                seen[o] = recep
+        for recep, names in self.contents.items():
+            for name in names:
+                _require(name not in seen, f"{name} is in both {seen.get(name)} and {recep}")
+                seen[name] = recep
         if self.holding is not None:
-            assert self.holding not in seen, f"{self.holding} is held and in {seen[self.holding]}"
+            _require(self.holding not in seen, f"{self.holding} is held and in a receptacle")
             seen[self.holding] = HAND
-        assert set(seen) == set(self.objects), "some object is nowhere"
-        for name, o in self.objects.items():
-            assert o.location == seen[name], f"{name}: location {o.location} != {seen[name]}"
-        held = [o for o in self.objects.values() if o.location == HAND]
-        assert len(held) <= 1, f"holding {len(held)} objects"
-        assert self.at is None or self.receptacles[self.at].room == self.room
+        _require(set(seen) == set(self.objects), "some object is nowhere")
+        for name, obj in self.objects.items():
+            _require(obj.location == seen[name], f"{name}: location {obj.location} != {seen[name]}")
+        held = [obj for obj in self.objects.values() if obj.location == HAND]
+        _require(len(held) <= 1, f"holding {len(held)} objects")
+        _require(self.at is None or self.receptacles[self.at].room == self.room, "agent off-room")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise AssertionError(message)
 
 
 def _recep_order(r: Receptacle) -> tuple[str, int]:
     kind, _, num = r.name.rpartition(" ")
     return kind, int(num)
-

@@ -10,10 +10,11 @@ The database is a plain JSON-like ``dict`` with three tables keyed by id::
                                "options", "price", "available"}}}}}
 
 where an order ``item`` is ``{"item_id", "product_id", "name", "options", "price"}``. Everything
-is generated from one ``numpy.random.Generator``, so a task id always rebuilds the same database.
+is generated from one ``random.Random`` (seeded from the task's generator), so a task id always rebuilds the same database.
 
-:func:`db_hash` is independent of insertion order (dict keys are sorted and lists are compared
-as multisets), so two databases hash alike exactly when they hold the same records.
+:func:`db_hash` hashes canonical JSON (sorted keys), so it does not depend on the order in which
+records or fields were inserted; lists keep their order, and the write tools store id lists
+sorted, so the order of ids in a tool call does not matter either.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import random
 from typing import Any
-
-import numpy as np
 
 __all__ = [
     "ORDER_STATUSES",
@@ -72,11 +72,11 @@ _CITIES = (("Austin", "TX"), ("Denver", "CO"), ("Seattle", "WA"), ("Boston", "MA
 _PAYMENT_KINDS = ("credit_card", "paypal", "gift_card")
 
 
-def _digits(rng: np.random.Generator, n: int) -> str:
-    return "".join(str(d) for d in rng.integers(0, 10, size=n))
+def _digits(rng: random.Random, n: int) -> str:
+    return f"{rng.randrange(10**n):0{n}d}"
 
 
-def _unique(rng: np.random.Generator, taken: set[str], make: Any) -> str:
+def _unique(rng: random.Random, taken: set[str], make: Any) -> str:
     while True:
         value = make(rng)
         if value not in taken:
@@ -84,23 +84,23 @@ def _unique(rng: np.random.Generator, taken: set[str], make: Any) -> str:
             return value
 
 
-def new_address(rng: np.random.Generator) -> dict[str, str]:
+def new_address(rng: random.Random) -> dict[str, str]:
     """A random US-style address ``{"address1", "city", "state", "zip"}``."""
-    city, state = _CITIES[int(rng.integers(len(_CITIES)))]
-    street = _STREETS[int(rng.integers(len(_STREETS)))]
-    return {"address1": f"{int(rng.integers(10, 999))} {street}", "city": city, "state": state,
+    city, state = rng.choice(_CITIES)
+    street = rng.choice(_STREETS)
+    return {"address1": f"{rng.randrange(10, 999)} {street}", "city": city, "state": state,
             "zip": _digits(rng, 5)}
 
 
-def _make_product(rng: np.random.Generator, name: str, taken: set[str]) -> dict[str, Any]:
+def _make_product(rng: random.Random, name: str, taken: set[str]) -> dict[str, Any]:
     """A product with 3..6 variants, at least two of them available."""
     options, (low, high) = PRODUCT_TYPES[name]
     combos = list(itertools.product(*options.values()))
-    picked = rng.choice(len(combos), size=min(len(combos), int(rng.integers(3, 7))), replace=False)
+    picked = rng.sample(range(len(combos)), min(len(combos), rng.randrange(3, 7)))
     variants = {}
-    for k, idx in enumerate(sorted(int(i) for i in picked)):
+    for k, idx in enumerate(sorted(picked)):
         item_id = _unique(rng, taken, lambda r: _digits(r, 10))
-        price = round(float(rng.integers(low * 100, high * 100)) / 100, 2)
+        price = rng.randrange(low * 100, high * 100) / 100
         variants[item_id] = {
             "item_id": item_id,
             "options": dict(zip(options, combos[idx])),
@@ -116,16 +116,11 @@ def _order_item(product: dict[str, Any], variant: dict[str, Any]) -> dict[str, A
             "name": product["name"], "options": dict(variant["options"]), "price": variant["price"]}
 
 
-def _make_order(rng: np.random.Generator, user: dict[str, Any], products: list[dict[str, Any]],
+def _make_order(rng: random.Random, user: dict[str, Any], products: list[dict[str, Any]],
                 status: str, taken: set[str]) -> dict[str, Any]:
     """An order of 1..4 distinct items of distinct products."""
-    n_items = int(rng.integers(1, min(4, len(products)) + 1))
-    chosen = rng.choice(len(products), size=n_items, replace=False)
-    items = []
-    for p_idx in chosen:
-        product = products[int(p_idx)]
-        variant_ids = list(product["variants"])
-        items.append(_order_item(product, product["variants"][variant_ids[int(rng.integers(len(variant_ids)))]]))
+    chosen = rng.sample(products, rng.randrange(1, min(4, len(products)) + 1))
+    items = [_order_item(p, p["variants"][rng.choice(list(p["variants"]))]) for p in chosen]
     order_id = _unique(rng, taken, lambda r: "#W" + _digits(r, 7))
     order = {
         "order_id": order_id, "user_id": user["user_id"], "status": status, "items": items,
@@ -141,7 +136,7 @@ def _make_order(rng: np.random.Generator, user: dict[str, Any], products: list[d
 class DbBuilder:
     """Builds one seeded database; keeps the ids already used so that ids stay unique."""
 
-    def __init__(self, rng: np.random.Generator) -> None:
+    def __init__(self, rng: random.Random) -> None:
         self.rng = rng
         self.taken: set[str] = set()
 
@@ -151,19 +146,19 @@ class DbBuilder:
         rng = self.rng
         products = [_make_product(rng, name, self.taken) for name in product_types]
         db: Database = {"users": {}, "orders": {}, "products": {p["product_id"]: p for p in products}}
-        firsts = rng.choice(len(_FIRST), size=n_users, replace=False)
+        firsts = rng.sample(_FIRST, n_users)
         for k in range(n_users):
-            user = self._make_user(_FIRST[int(firsts[k])])
+            user = self._make_user(firsts[k])
             db["users"][user["user_id"]] = user
-            for _ in range(int(rng.integers(1, 4)) if k else 0):
-                self.add_order(db, user["user_id"], ORDER_STATUSES[int(rng.integers(len(ORDER_STATUSES)))])
+            for _ in range(rng.randrange(1, 4) if k else 0):
+                self.add_order(db, user["user_id"], rng.choice(ORDER_STATUSES))
         return db
 
     def _make_user(self, first: str) -> dict[str, Any]:
         rng = self.rng
-        last = _LAST[int(rng.integers(len(_LAST)))]
+        last = rng.choice(_LAST)
         uid = _unique(rng, self.taken, lambda r: f"{first.lower()}_{last.lower()}_{_digits(r, 4)}")
-        kind = _PAYMENT_KINDS[int(rng.integers(len(_PAYMENT_KINDS)))]
+        kind = rng.choice(_PAYMENT_KINDS)
         return {"user_id": uid, "first_name": first, "last_name": last,
                 "email": f"{first.lower()}.{last.lower()}{_digits(rng, 3)}@example.com",
                 "address": new_address(rng), "payment_method_id": f"{kind}_{_digits(rng, 7)}",
@@ -192,24 +187,18 @@ def copy_db(db: Database) -> Database:
     return json.loads(json.dumps(db))
 
 
-def _canonical(value: Any) -> Any:
-    """Dicts with sorted keys, lists as sorted multisets: insertion order never matters."""
-    if isinstance(value, dict):
-        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(value, (list, tuple)):
-        return sorted((_canonical(v) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
-    return value
-
-
 def db_hash(db: Database) -> str:
-    """SHA-256 of the canonical form of ``db`` (independent of key and list order)."""
-    text = json.dumps(_canonical(db), sort_keys=True, separators=(",", ":"))
+    """SHA-256 of ``db`` as canonical JSON: dict keys sorted, so the hash does not depend on
+    insertion order; lists are sequences (the tools store id lists sorted)."""
+    text = json.dumps(db, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def db_diff(before: Any, after: Any, path: str = "") -> list[str]:
     """Human-readable changes from ``before`` to ``after``: ``"orders/#W1/status: 'pending' ->
-    'cancelled'"``; lists are compared as a whole."""
+    'cancelled'"``; lists are compared as a whole, shared sub-records are skipped at once."""
+    if before is after:
+        return []
     if isinstance(before, dict) and isinstance(after, dict):
         out: list[str] = []
         for key in sorted(set(before) | set(after), key=str):
@@ -222,7 +211,7 @@ def db_diff(before: Any, after: Any, path: str = "") -> list[str]:
                 out.extend(db_diff(before[key], after[key], sub))
         return out
     if isinstance(before, list) and isinstance(after, list):
-        if _canonical(before) == _canonical(after):
+        if before == after:
             return []
         return [f"{path}: {json.dumps(before, sort_keys=True)} -> {json.dumps(after, sort_keys=True)}"]
     if before != after:

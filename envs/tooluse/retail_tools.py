@@ -38,6 +38,9 @@ class RetailTools:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.user_id: str | None = None
+        # pre-images of the orders the write tools touched, taken before their first change:
+        # with them the env rebuilds the initial database without copying it at every reset
+        self.pre_images: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ read tools
 
@@ -190,12 +193,16 @@ class RetailTools:
                                 "or find_user_id_by_name_zip first")
 
     def _own_order(self, order_id: str, status: str | None = None, action: str = "") -> dict[str, Any]:
+        """The authenticated customer's order ``order_id``; for a write tool (``status`` given)
+        check its status and keep its pre-image."""
         self._require_auth()
         order = self.db["orders"].get(order_id)
         if order is None or order["user_id"] != self.user_id:
             raise ToolCallError(f"no order {_show(order_id)} for the authenticated customer")
-        if status is not None and order["status"] != status:
-            raise ToolCallError(f"order {order_id} is {order['status']}; only {status} orders can be {action}")
+        if status is not None:  # a write tool
+            if order["status"] != status:
+                raise ToolCallError(f"order {order_id} is {order['status']}; only {status} orders can be {action}")
+            self.pre_images.setdefault(order_id, json.loads(json.dumps(order)))
         return order
 
     @staticmethod

@@ -71,7 +71,7 @@ class TrainContext:
     model: nn.Module  # the trained policy (PEFT-wrapped when finetune == "lora")
     tokenizer: Any
     backend: Any  # agents.backends.GenerationBackend
-    renderer_factory: Callable[[], Any]  # () -> agents.renderers.Renderer for the env family
+    renderer_factory: Callable[[Any, dict[str, Any]], Any]  # (env.unwrapped, reset_info) -> Renderer
     store: Any = None  # data.Store
     run_id: Any = None
     policy_version: int = 0
@@ -260,6 +260,7 @@ class Method:
     name: ClassVar[str] = "base"
     config_cls: ClassVar[type[TrainConfig]] = TrainConfig
     needs_teacher: ClassVar[bool] = False
+    on_policy: ClassVar[bool] = True  # sampled by the policy (False: SFT demos, no sampler log-probs)
     description: ClassVar[str] = ""
 
     def __init__(self, cfg: TrainConfig) -> None:

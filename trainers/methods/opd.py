@@ -75,10 +75,10 @@ def load_teacher(ctx: TrainContext, name: str) -> Any:
     """Load a frozen teacher model on the context's device after checking its tokenizer."""
     import torch
 
-    from agents.models import load_model
+    from trainers.loop import load_any_model
 
     dtype = torch.bfloat16 if ctx.cfg.dtype == "bfloat16" else torch.float32
-    teacher, tok = load_model(name, dtype=dtype)
+    teacher, tok = load_any_model(name, dtype=dtype)
     check_same_tokenizer(ctx.tokenizer, tok, name)
     teacher.to(ctx.device).eval()
     teacher.requires_grad_(False)
@@ -101,7 +101,7 @@ class OPD(Method):
         from agents.scoring import score_turns
 
         episodes = [ep for g in groups for ep in g.episodes if ep.turns]
-        score_turns(ctx.teacher, episodes, temperature=self.cfg.temperature)
+        score_turns(ctx.teacher, episodes, temperature=self.cfg.temperature, mode="episode")
 
     def advantages(self, ctx: TrainContext, batch: TrainBatch) -> Tensor:
         cfg: OPDConfig = self.cfg  # type: ignore[assignment]

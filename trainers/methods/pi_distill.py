@@ -17,12 +17,36 @@ As coded by the authors the KL terms become reward shaping of the group-relative
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from trainers.losses import clipped_surrogate, masked_sum
+from agents.renderers import strip_span
+from agents.types import Episode, EpisodeGroup
+from trainers.config import ConfigError
+from trainers.losses import aggregate, clipped_surrogate, k3_kl, masked_mean, masked_sum
+from trainers.methods import register_method
+from trainers.methods.base import (
+    Method,
+    RolloutOverrides,
+    TrainBatch,
+    TrainContext,
+    _pad_id,
+    build_batch,
+)
+from trainers.methods.opsd import PRIVILEGED_STRENGTHS
+from trainers.train_config import TrainConfig
 
-__all__ = ["pi_distill_advantages", "pi_distill_loss"]
+__all__ = [
+    "PiDistill",
+    "PiDistillConfig",
+    "pi_distill_advantages",
+    "pi_distill_loss",
+    "student_view_ids",
+    "student_view_logprobs",
+]
 
 
 def pi_distill_advantages(
@@ -65,3 +89,107 @@ def pi_distill_loss(
         student_logp_BT, teacher_logp_BT.detach(), adv_BT, clip_low=clip_low, clip_high=clip_high
     )
     return alpha * loss_T + (1.0 - alpha) * loss_S, clipped_T, clipped_S
+
+
+# ============================================================================================
+# The π-Distill method
+# ============================================================================================
+
+
+@dataclass
+class PiDistillConfig(TrainConfig):
+    """π-Distill settings: ``J = pi_alpha·J_T + (1−pi_alpha)·J_S``; the clip is ``clip_low``/``clip_high``."""
+
+    privileged: str = field(default="plan", metadata={
+        "choices": PRIVILEGED_STRENGTHS, "help": "privileged information the sampler (teacher view) sees"})
+    pi_alpha: float = field(default=0.5, metadata={"help": "α: weight of the teacher-view objective J_T"})
+    pi_beta: float = field(default=0.25, metadata={"help": "β of the shaping A − β·Σ(log π_T − log π_S)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.pi_alpha <= 1.0:
+            raise ConfigError(f"pi_alpha={self.pi_alpha} must be in [0, 1]")
+        if self.pi_beta < 0:
+            raise ConfigError(f"pi_beta={self.pi_beta} must be >= 0")
+
+
+def student_view_ids(episode: Episode) -> tuple[list[int], int, int]:
+    """``(student_ids, pos, n)``: the episode's full ids with the privileged span ``[pos, pos+n)`` removed."""
+    pos, n = episode.info.get("privileged_span") or (0, 0)
+    return strip_span(episode.full_ids, pos, n), int(pos), int(n)
+
+
+def student_view_logprobs(
+    model: nn.Module, batch: TrainBatch, temperature: float, *, with_grad: bool
+) -> Tensor:
+    """``log π_S(x_t | x_<t without I)`` at every trained position of the teacher-view ``batch``.
+
+    Each row is re-scored with the privileged span removed (one right-padded forward); a
+    completion token at teacher-view position ``t`` is at ``t − n`` in the student view, and
+    ``sequence_logprobs`` returns ``lp[j] = log p(x_{j+1})``, so ``out[b, t] = lp_b[t − n − 1]``.
+    Shapes: ``-> (B, T)`` aligned with ``batch.input_ids_BT``, 0 where the mask is 0.
+    """
+    from agents.scoring import sequence_logprobs
+
+    views = [student_view_ids(ep) for ep in batch.episodes]
+    lps = sequence_logprobs(model, [ids for ids, _, _ in views], temperature, with_grad=with_grad)
+    mask_BT = batch.loss_mask_BT
+    out_BT = torch.zeros(mask_BT.shape, dtype=torch.float32, device=lps[0].device if lps else None)
+    for b, ((_, _, n), lp) in enumerate(zip(views, lps)):
+        t_idx = mask_BT[b].nonzero().squeeze(-1).to(out_BT.device)
+        if t_idx.numel():
+            out_BT = out_BT.index_put((torch.full_like(t_idx, b), t_idx), lp[t_idx - n - 1])
+    return out_BT
+
+
+@register_method("pi-distill")
+class PiDistill(Method):
+    """π-Distill: teacher-view rollouts, joint clipped objective for both views of one model."""
+
+    config_cls = PiDistillConfig
+    description = "π-Distill: privileged rollouts, α·PPO(teacher view) + (1−α)·clipped IS(student view)"
+
+    def rollout_overrides(self, ctx: TrainContext, step: int, tasks: list[str]) -> RolloutOverrides:
+        return RolloutOverrides(privileged_strength=self.cfg.privileged)  # type: ignore[attr-defined]
+
+    def make_batch(self, ctx: TrainContext, groups: list[EpisodeGroup]) -> TrainBatch:
+        batch = build_batch(groups, _pad_id(ctx.tokenizer), std_norm=self.cfg.adv_std_norm)
+        if batch.num_seqs:  # sg log π_S on the sampled tokens, before the update (for the shaping)
+            batch.extras["student_logp_BT"] = student_view_logprobs(
+                ctx.model, batch, self.cfg.temperature, with_grad=False).cpu()
+        return batch
+
+    def advantages(self, ctx: TrainContext, batch: TrainBatch) -> Tensor:
+        cfg: PiDistillConfig = self.cfg  # type: ignore[assignment]
+        adv_B = pi_distill_advantages(batch.adv_B, batch.old_logp_BT, batch.extras["student_logp_BT"],
+                                      batch.loss_mask_BT, cfg.pi_beta)
+        return adv_B[:, None] * batch.loss_mask_BT
+
+    def step_stats(self, batch: TrainBatch) -> dict[str, float]:
+        stats = super().step_stats(batch)
+        if "student_logp_BT" in batch.extras:  # KL(π_T ‖ π_S) on the teacher's samples
+            diff = batch.old_logp_BT - batch.extras["student_logp_BT"]
+            stats["kl_teacher_student"] = float(masked_mean(diff, batch.loss_mask_BT).item())
+        return stats
+
+    def loss(
+        self, ctx: TrainContext, batch: TrainBatch, logp_BT: Tensor, logits_fn: Callable[[], Tensor]
+    ) -> tuple[Tensor, dict[str, float]]:
+        cfg: PiDistillConfig = self.cfg  # type: ignore[assignment]
+        assert batch.advantages_BT is not None
+        student_BT = student_view_logprobs(ctx.model, batch, cfg.temperature, with_grad=True)
+        loss_BT, clip_t, clip_s = pi_distill_loss(
+            logp_BT, batch.old_logp_BT, student_BT.to(logp_BT.device), batch.advantages_BT,
+            alpha=cfg.pi_alpha, clip_low=cfg.clip_low, clip_high=cfg.clip_high)
+        agg = dict(mode=cfg.loss_agg, num_tokens=batch.num_tokens, num_seqs=batch.num_seqs)
+        mask = batch.loss_mask_BT
+        loss = aggregate(loss_BT, mask, **agg)
+        n = max(batch.num_tokens, 1)
+        stats = {"pg_loss": float(loss.item()),
+                 "clip_frac": float((clip_t * mask).sum().item()) / n,
+                 "clip_frac_student": float((clip_s * mask).sum().item()) / n}
+        if cfg.kl_coef and batch.ref_logp_BT is not None:
+            kl = aggregate(k3_kl(logp_BT, batch.ref_logp_BT), mask, **agg)
+            loss = loss + cfg.kl_coef * kl
+            stats["kl_ref"] = float(kl.item())
+        return loss, stats

@@ -74,6 +74,8 @@ def expert_episode(
     """
     obs, info = env.reset(seed=seed, options={"task_id": task_id})
     family = env.unwrapped.family
+    if callable(renderer) and not hasattr(renderer, "start"):  # a factory (env, info) -> Renderer
+        renderer = renderer(env.unwrapped, info)
     ep = Episode(env_id=env_id, task_id=task_id, seed=seed, group_id=f"{task_id}-expert",
                  task_type=str(info.get("task_type", "")), episode_id=uuid.uuid4().hex,
                  end_reason=EndReason.MAX_TURNS)
@@ -119,11 +121,10 @@ def collect_expert_groups(
     import envs
 
     env = envs.make(env_id, **(env_kwargs or {}))
-    renderer = renderer_factory() if callable(renderer_factory) else renderer_factory
     try:
         groups = []
         for tid in task_ids:
-            ep = expert_episode(env, renderer, tokenizer, env_id=env_id, task_id=tid, seed=seed,
+            ep = expert_episode(env, renderer_factory, tokenizer, env_id=env_id, task_id=tid, seed=seed,
                                 max_turns=max_turns, max_context_tokens=max_context_tokens,
                                 max_new_tokens=max_new_tokens)
             groups.append(EpisodeGroup(group_id=ep.group_id, task_id=tid, episodes=[ep]))
@@ -142,6 +143,7 @@ class SFT(Method):
     """Supervised fine-tuning on the env expert's demonstrations (same renderer as rollouts)."""
 
     config_cls = SFTConfig
+    on_policy = False
     description = "supervised fine-tuning on env expert demonstrations (makes a teacher)"
 
     def collect(

@@ -22,12 +22,24 @@ The loss is the base method's (OPD: ``A_t = log π_T − log π_old`` in the cli
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from agents.types import EndReason, EpisodeGroup
+from torch import Tensor
+
+from agents.types import EpisodeGroup
+from trainers.config import ConfigError
+from trainers.methods import register_method
+from trainers.methods.base import Method, RolloutOverrides, TrainBatch, TrainContext
+from trainers.methods.opd import OPDConfig
+from trainers.train_config import TrainConfig
 
 __all__ = [
+    "TCOD",
+    "TCODConfig",
+    "CurriculumWindow",
+    "curriculum_window",
     "f2b_student_turns",
     "b2f_replay_length",
     "expert_actions",
@@ -82,9 +94,7 @@ def expert_actions(
 
 def _replay_solved(episode: Any) -> bool:
     """True when the expert prefix alone finished the task (nothing left for the student)."""
-    if episode.info.get("prefix_solved") or episode.info.get("prefix_done"):
-        return True
-    return bool(episode.info.get("prefix_actions")) and not episode.turns
+    return bool(episode.info.get("prefix_finished")) and not episode.turns
 
 
 def drop_replay_solved(groups: list[EpisodeGroup]) -> tuple[list[EpisodeGroup], int]:
@@ -131,4 +141,163 @@ class CurriculumWindow:
     replay: dict[str, int] | None = None  # B2F: task -> number of replayed expert actions
 
 
-_ = EndReason  # the rollout marks F2B cuts with EndReason.CURRICULUM
+def curriculum_window(
+    kind: str, step: int, k: int, tasks: list[str], expert_lengths: dict[str, int]
+) -> CurriculumWindow:
+    """The window of ``step`` for ``tasks`` (``expert_lengths``: task -> ``L``, for B2F)."""
+    if kind == "f2b":
+        return CurriculumWindow("f2b", student_turns=f2b_student_turns(step, k))
+    if kind == "b2f":
+        return CurriculumWindow("b2f", replay={
+            t: b2f_replay_length(step, k, expert_lengths[t]) for t in tasks})
+    return CurriculumWindow("none")
+
+
+# ============================================================================================
+# The TCOD method: a curriculum wrapped around a base on-policy method (OPD by default)
+# ============================================================================================
+
+
+def _f(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
+    meta: dict[str, Any] = {"help": help}
+    if choices is not None:
+        meta["choices"] = choices
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TCODConfig(OPDConfig):
+    """TCOD settings. ``base_method`` is any registered method whose config this one extends
+    (``opd`` — the paper — or ``grpo``); ``teacher`` is required only when the base needs one."""
+
+    curriculum: str = _f("b2f", "which curriculum", ("b2f", "f2b", "none"))
+    curriculum_k: int = _f(5, "k: the window moves by one turn every k steps")
+    max_staleness: int = _f(2, "Δ: drop samples more than Δ policy versions old")
+    base_method: str = _f("opd", "the on-policy method the curriculum wraps", ("opd", "grpo"))
+    expert_max_steps: int = _f(100, "guard on the length of the expert's solution (B2F)")
+
+    def __post_init__(self) -> None:
+        TrainConfig.__post_init__(self)
+        if self.base_method == "opd" and not self.teacher:
+            raise ConfigError("teacher: TCOD on top of OPD needs a teacher model "
+                              "(teacher=<bundled name or checkpoint dir>)")
+        if self.curriculum_k < 1:
+            raise ConfigError(f"curriculum_k={self.curriculum_k} must be >= 1")
+        if self.max_staleness < 0:
+            raise ConfigError(f"max_staleness={self.max_staleness} must be >= 0")
+
+
+@register_method("tcod")
+class TCOD(Method):
+    """Temporal-curriculum OPD: F2B / B2F windows around a base method (OPD by default)."""
+
+    config_cls = TCODConfig
+    needs_teacher = True
+    description = "TCOD: OPD with a front-to-back or back-to-front turn curriculum"
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__(cfg)
+        from trainers.methods import get_method
+
+        base_cls = get_method(self.tcfg.base_method)
+        if not isinstance(cfg, base_cls.config_cls):
+            raise ConfigError(f"base_method={self.tcfg.base_method!r}: its config "
+                              f"{base_cls.config_cls.__name__} is not a base of {type(cfg).__name__}")
+        self.base = base_cls(cfg)
+        self.needs_teacher = base_cls.needs_teacher  # type: ignore[misc]
+        self.expert: dict[str, list[str]] = {}
+        self.window = CurriculumWindow("none")
+        self.last: dict[str, float] = {"tcod_dropped_solved": 0.0, "tcod_dropped_stale": 0.0}
+        self.dropped_solved_total = 0
+
+    @property
+    def tcfg(self) -> TCODConfig:
+        return self.cfg  # type: ignore[return-value]
+
+    def setup(self, ctx: TrainContext) -> None:
+        self.base.setup(ctx)
+
+    def expert_lengths(self, ctx: TrainContext, tasks: list[str]) -> dict[str, int]:
+        for task in tasks:
+            if task not in self.expert:
+                self.expert[task] = expert_actions(
+                    ctx.env_id, task, env_kwargs=self.cfg.env_kwargs,
+                    max_steps=self.tcfg.expert_max_steps)
+        return {t: len(self.expert[t]) for t in tasks}
+
+    def rollout_overrides(self, ctx: TrainContext, step: int, tasks: list[str]) -> RolloutOverrides:
+        cfg = self.tcfg
+        overrides = self.base.rollout_overrides(ctx, step, tasks)
+        lengths = self.expert_lengths(ctx, tasks) if cfg.curriculum == "b2f" else {}
+        self.window = curriculum_window(cfg.curriculum, step, cfg.curriculum_k, tasks, lengths)
+        if self.window.student_turns is not None:
+            overrides.max_student_turns = self.window.student_turns
+        if self.window.replay is not None:
+            overrides.prefix_actions = {t: self.expert[t][:c] for t, c in self.window.replay.items()}
+        return overrides
+
+    def collect(
+        self, ctx: TrainContext, step: int, tasks: list[str], overrides: RolloutOverrides
+    ) -> list[EpisodeGroup]:
+        groups = self.base.collect(ctx, step, tasks, overrides)
+        groups, solved = drop_replay_solved(groups)
+        groups, stale = drop_stale(groups, ctx.policy_version, self.tcfg.max_staleness)
+        self.dropped_solved_total += solved
+        self.last = {"tcod_dropped_solved": float(solved), "tcod_dropped_stale": float(stale),
+                     "tcod_dropped_solved_total": float(self.dropped_solved_total)}
+        if self.window.student_turns is not None:
+            self.last["tcod_student_turns"] = float(self.window.student_turns)
+        if self.window.replay:
+            self.last["tcod_replay_mean"] = sum(self.window.replay.values()) / len(self.window.replay)
+        return groups
+
+    def score(self, ctx: TrainContext, groups: list[EpisodeGroup]) -> None:
+        self.base.score(ctx, groups)
+
+    def make_batch(self, ctx: TrainContext, groups: list[EpisodeGroup]) -> TrainBatch:
+        return self.base.make_batch(ctx, groups)
+
+    def advantages(self, ctx: TrainContext, batch: TrainBatch) -> Tensor:
+        return self.base.advantages(ctx, batch)
+
+    def loss(
+        self, ctx: TrainContext, batch: TrainBatch, logp_BT: Tensor, logits_fn: Callable[[], Tensor]
+    ) -> tuple[Tensor, dict[str, float]]:
+        return self.base.loss(ctx, batch, logp_BT, logits_fn)
+
+    def after_step(self, ctx: TrainContext, step: int, groups: list[EpisodeGroup]) -> None:
+        self.base.after_step(ctx, step, groups)
+
+    def step_stats(self, batch: TrainBatch) -> dict[str, float]:
+        return {**self.base.step_stats(batch), **self.last}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"base": self.base.state_dict(), "dropped_solved_total": self.dropped_solved_total}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.base.load_state_dict(state.get("base", {}))
+        self.dropped_solved_total = int(state.get("dropped_solved_total", 0))
+
+
+@dataclass
+class TCODF2BConfig(TCODConfig):
+    curriculum: str = _f("f2b", "which curriculum", ("b2f", "f2b", "none"))
+
+
+@dataclass
+class TCODB2FConfig(TCODConfig):
+    curriculum: str = _f("b2f", "which curriculum", ("b2f", "f2b", "none"))
+
+
+@register_method("tcod-f2b")
+class TCODF2B(TCOD):
+    """Alias of ``tcod`` with ``curriculum=f2b``."""
+
+    config_cls = TCODF2BConfig
+
+
+@register_method("tcod-b2f")
+class TCODB2F(TCOD):
+    """Alias of ``tcod`` with ``curriculum=b2f``."""
+
+    config_cls = TCODB2FConfig

@@ -22,11 +22,27 @@ every step and a warning is issued above ``collapse_threshold``.
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from agents.types import Episode, EpisodeGroup, Turn
+from trainers.config import ConfigError
+from trainers.losses import aggregate, clipped_surrogate, group_advantages, masked_mean
+from trainers.methods import register_method
+from trainers.methods.base import Method, TrainBatch, TrainContext, _pad_id, build_batch, policy_loss
+from trainers.methods.opsd import build_teacher_view, score_privileged, turn_privileged_text
+from trainers.train_config import TrainConfig
+
 __all__ = [
+    "TTOPD",
+    "TTOPDConfig",
+    "grouped_advantages",
+    "outcome_hint_text",
     "LOGP_FLOOR",
     "sanitize_logprobs",
     "tt_opd_advantages",
@@ -103,3 +119,164 @@ def teacher_update_kind(step: int, ema_interval: int, hard_copy_every: int) -> s
     if ema_interval > 0 and step % ema_interval == 0:
         return "ema"
     return None
+
+
+# ============================================================================================
+# The TT-OPD method
+# ============================================================================================
+
+
+def _f(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
+    meta: dict[str, Any] = {"help": help}
+    if choices is not None:
+        meta["choices"] = choices
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TTOPDConfig(TrainConfig):
+    """TT-OPD settings (algorithms.md §5): ``L = L_GRPO + tt_lambda·L_distill + kl_coef·KL_ref``."""
+
+    kl_coef: float = _f(0.01, "k3 KL-to-reference coefficient (0.01 in the paper)")
+    tt_lambda: float = _f(4.0, "λ: weight of the distillation surrogate")
+    tt_turns: int = _f(0, "K: distill only the first K turns of each episode (0 = all turns)")
+    bidirectional: bool = _f(True, "flip the sign of d_t on episodes with negative A_GRPO")
+    hints: bool = _f(True, "outcome-conditioned hint in the teacher's prompt (reinforcing/corrective)")
+    ema_decay: float = _f(0.995, "EMA teacher decay α: θ_T ← α·θ_T + (1−α)·θ_S")
+    ema_interval: int = _f(5, "EMA update every N optimizer steps (0 = never)")
+    hard_copy_every: int = _f(30, "hard copy θ_T ← θ_S every N steps (0 = never)")
+    length_shaping: bool = _f(False, "cosine length shaping of the reward (correct 1.1→0.7, wrong 0→−0.3)")
+    length_max: int = _f(0, "L_max of the length shaping in sampled tokens (0: max_turns·max_new_tokens)")
+    collapse_threshold: float = _f(0.7, "warn when mean |d| exceeds this (EMA collapse)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay={self.ema_decay} must be in [0, 1)")
+        for name in ("tt_turns", "ema_interval", "hard_copy_every", "length_max"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
+        if self.tt_lambda < 0:
+            raise ConfigError(f"tt_lambda={self.tt_lambda} must be >= 0")
+
+
+def outcome_hint_text(episode: Episode) -> str:
+    """The reinforcing (won) / corrective (lost) hint of a finished episode, for the teacher.
+
+    The env's ``outcome_hint`` strength, recorded by the rollout after the episode in
+    ``episode.info["privileged_final"]``, holds the outcome and the matching hint; when the env had
+    not ended (turn limit, curriculum cut) it is empty, and the outcome is stated from
+    ``episode.won`` with the env's short ``hint``.
+    """
+    if not episode.turns:
+        return ""
+    final = episode.info.get("privileged_final") or {}
+    text = final.get("outcome_hint", "") if isinstance(final, dict) else ""
+    if text:
+        return str(text)
+    hint = next((turn_privileged_text(t, "hint") for t in episode.turns
+                 if turn_privileged_text(t, "hint")), "")
+    outcome = "This attempt succeeded." if episode.won else "This attempt did not solve the task."
+    return f"{outcome} {hint}".strip()
+
+
+@register_method("tt-opd")
+class TTOPD(Method):
+    """Turn-level truncated OPD from an EMA teacher with outcome-conditioned hints."""
+
+    config_cls = TTOPDConfig
+    description = "TT-OPD: EMA self-teacher with outcome hints, first-K-turn bidirectional distillation"
+
+    def setup(self, ctx: TrainContext) -> None:
+        self.view = build_teacher_view(ctx, "ema", self.cfg.ema_decay)  # type: ignore[attr-defined]
+        self._hints: dict[int, str] = {}
+
+    def text(self, episode: Episode, turn: Turn) -> str:
+        """The episode's outcome hint in every turn's teacher context ("" when hints are off)."""
+        if not self.cfg.hints:  # type: ignore[attr-defined]
+            return ""
+        key = id(episode)
+        if key not in self._hints:
+            self._hints[key] = outcome_hint_text(episode)
+        return self._hints[key]
+
+    def score(self, ctx: TrainContext, groups: list[EpisodeGroup]) -> None:
+        self._hints = {}
+        episodes = [ep for g in groups for ep in g.episodes if ep.turns]
+        score_privileged(ctx, self.view, episodes, self.text, self.cfg.temperature)
+
+    def make_batch(self, ctx: TrainContext, groups: list[EpisodeGroup]) -> TrainBatch:
+        cfg: TTOPDConfig = self.cfg  # type: ignore[assignment]
+        batch = build_batch(groups, _pad_id(ctx.tokenizer), std_norm=cfg.adv_std_norm,
+                            with_teacher=True)
+        if cfg.length_shaping and batch.num_seqs:
+            l_max = cfg.length_max or cfg.max_turns * cfg.max_new_tokens
+            shaped = torch.tensor([
+                cosine_length_reward(ep.won, sum(sum(t.loss_mask) for t in ep.turns), l_max)
+                for ep in batch.episodes
+            ])
+            batch.reward_B = shaped
+            batch.adv_B = grouped_advantages(shaped, batch.group_B, std_norm=cfg.adv_std_norm)
+        return batch
+
+    def step_stats(self, batch: TrainBatch) -> dict[str, float]:
+        cfg: TTOPDConfig = self.cfg  # type: ignore[assignment]
+        stats = super().step_stats(batch)
+        assert batch.teacher_logp_BT is not None
+        a_BT, dmask_BT = tt_opd_advantages(batch.old_logp_BT, batch.teacher_logp_BT, batch.adv_B,
+                                           batch.turn_BT, batch.loss_mask_BT, cfg.tt_turns,
+                                           cfg.bidirectional)
+        mean_abs_d = float(masked_mean(a_BT.abs(), dmask_BT).item())
+        stats["mean_abs_d"] = mean_abs_d
+        stats["distill_tokens"] = float(dmask_BT.sum().item())
+        if mean_abs_d > cfg.collapse_threshold:
+            warnings.warn(
+                f"TT-OPD: mean |d| = {mean_abs_d:.3f} exceeds collapse_threshold="
+                f"{cfg.collapse_threshold}: the EMA teacher may be absorbing a drifting student",
+                RuntimeWarning, stacklevel=2,
+            )
+        return stats
+
+    def loss(
+        self, ctx: TrainContext, batch: TrainBatch, logp_BT: Tensor, logits_fn: Callable[[], Tensor]
+    ) -> tuple[Tensor, dict[str, float]]:
+        cfg: TTOPDConfig = self.cfg  # type: ignore[assignment]
+        grpo, stats = policy_loss(cfg, batch, logp_BT)
+        assert batch.teacher_logp_BT is not None
+        a_BT, dmask_BT = tt_opd_advantages(batch.old_logp_BT, batch.teacher_logp_BT, batch.adv_B,
+                                           batch.turn_BT, batch.loss_mask_BT, cfg.tt_turns,
+                                           cfg.bidirectional)
+        d_BT, _ = clipped_surrogate(logp_BT, batch.old_logp_BT, a_BT,
+                                    clip_low=cfg.clip_low, clip_high=cfg.clip_high)
+        distill = aggregate(d_BT * dmask_BT, batch.loss_mask_BT, cfg.loss_agg,
+                            num_tokens=batch.num_tokens, num_seqs=batch.num_seqs)
+        stats["distill_loss"] = float(distill.item())
+        return grpo + cfg.tt_lambda * distill, stats
+
+    def after_step(self, ctx: TrainContext, step: int, groups: list[EpisodeGroup]) -> None:
+        cfg: TTOPDConfig = self.cfg  # type: ignore[assignment]
+        kind = teacher_update_kind(step + 1, cfg.ema_interval, cfg.hard_copy_every)
+        if kind == "hard":
+            self.view.ema.hard_copy(ctx.model)
+        elif kind == "ema":
+            self.view.ema.update(ctx.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        view = getattr(self, "view", None)
+        return {"ema": view.model.state_dict()} if view is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "ema" in state and getattr(self, "view", None) is not None:
+            self.view.model.load_state_dict(state["ema"])
+
+
+def grouped_advantages(reward_B: Tensor, group_B: Tensor, *, std_norm: bool = True) -> Tensor:
+    """``A_GRPO`` of each row from its group's rewards (rows of a group share ``group_B``).
+
+    Shapes: ``(B,), (B,) long -> (B,)``; applies ``trainers.losses.group_advantages`` per group.
+    """
+    adv_B = torch.zeros_like(reward_B, dtype=torch.float32)
+    for g in group_B.unique():
+        rows = group_B == g
+        adv_B[rows] = group_advantages(reward_B[rows], std_norm=std_norm)
+    return adv_B

@@ -1,0 +1,331 @@
+"""Token-in-token-out multi-turn rollouts: many episodes in lock-step, one batched generate per turn.
+
+One trajectory, top to bottom (see ``agents/types.py`` for the token layout)::
+
+    env.reset(seed, task_id)  -> obs0                 (G episodes per task share seed and task)
+    prompt0 = renderer.start(obs0)                    (+ replayed prefix actions, + privileged block)
+    loop:  completion = backend.generate(all live prompts)          one call per turn
+           ids, mask  = renderer.finish_completion(completion)      end-of-turn appended, mask 0
+           action     = parse_action(family, completion.text)       never raises
+           obs, r, .. = env.step(action)                            an exception ends *that* episode
+           prompt_t+1 = renderer.extend(prompt_t + ids, obs)        checked: must extend (TokenDriftError)
+
+Model failures end up as data: a bad reply is ``action_valid=False``; a prompt that no longer
+fits (``len(prompt) + max_tokens > max_context_tokens``) ends the episode with
+``EndReason.CONTEXT_OVERFLOW``; an env exception with ``EndReason.ENV_ERROR`` and the message in
+``episode.info["error"]``. The rest of the batch continues.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents.backends import Completion, GenerationBackend, SamplingParams
+from agents.parsing import parse_action
+from agents.renderers import Renderer, check_extends, strip_span
+from agents.types import EndReason, Episode, EpisodeGroup, Turn
+
+__all__ = ["RolloutConfig", "RolloutStats", "collect_groups", "student_view", "STRENGTHS"]
+
+STRENGTHS = ("plan", "next_action", "hint", "answer", "outcome_hint")
+_INFO_KEYS = ("task_id", "task_type", "action_valid", "won", "reward_breakdown")
+
+RendererSource = Renderer | Callable[[Any, dict[str, Any]], Renderer]
+
+
+@dataclass
+class RolloutConfig:
+    """How episodes are sampled.
+
+    ``privileged_strength``: the *sampler* sees the privileged text of that strength (spliced
+    after the system message at the start; pi-Distill's teacher-view rollouts); its span is kept
+    in ``episode.info["privileged_span"]`` (see :func:`student_view`).
+    ``record_privileged``: strengths whose text is stored every turn in
+    ``turn.info["privileged"][strength]`` (the state before the turn's action), for teacher scoring.
+    """
+
+    group_size: int = 4
+    max_turns: int = 10
+    max_context_tokens: int = 2048
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    privileged_strength: str | None = None
+    record_privileged: tuple[str, ...] = STRENGTHS
+
+    def __post_init__(self) -> None:
+        if self.group_size < 1 or self.max_turns < 1:
+            raise ValueError("group_size and max_turns must be >= 1")
+        if self.max_context_tokens <= self.sampling.max_tokens:
+            raise ValueError("max_context_tokens must exceed sampling.max_tokens")
+        unknown = {s for s in (*self.record_privileged, self.privileged_strength) if s} - set(STRENGTHS)
+        if unknown:
+            raise ValueError(f"unknown privileged strength(s) {sorted(unknown)}; expected {STRENGTHS}")
+        self.record_privileged = tuple(self.record_privileged)
+
+
+@dataclass
+class RolloutStats:
+    """Wall-clock split of a rollout (filled in when passed to :func:`collect_groups`)."""
+
+    total_s: float = 0.0
+    generate_s: float = 0.0
+    env_s: float = 0.0
+    generate_calls: int = 0
+    generated_tokens: int = 0
+    turns: int = 0
+    episodes: int = 0
+
+    @property
+    def env_share(self) -> float:
+        return self.env_s / self.total_s if self.total_s else 0.0
+
+
+@dataclass
+class _Slot:
+    """Live state of one episode while the batch is stepped."""
+
+    env: Any
+    renderer: Renderer
+    episode: Episode
+    prompt_ids: list[int] = field(default_factory=list)
+    done: bool = False
+
+
+def _end(slot: _Slot, reason: str, **info: Any) -> None:
+    slot.done = True
+    slot.episode.end_reason = reason
+    slot.episode.info.update(info)
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _json_info(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: info[k] for k in _INFO_KEYS if k in info}
+
+
+class _Timer:
+    def __init__(self, stats: RolloutStats, attr: str) -> None:
+        self.stats, self.attr = stats, attr
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: Any) -> None:
+        setattr(self.stats, self.attr, getattr(self.stats, self.attr) + time.perf_counter() - self.t0)
+
+
+def _make_renderer(source: RendererSource, env: Any, info: dict[str, Any]) -> Renderer:
+    return source if isinstance(source, Renderer) else source(env.unwrapped, info)
+
+
+def _start_slot(
+    env_id: str, task_id: str, g: int, group_id: str, source: RendererSource, cfg: RolloutConfig,
+    seed: int, env_kwargs: dict[str, Any], prefix: list[str], stats: RolloutStats,
+) -> _Slot:
+    """Make, reset, replay the prefix and render the first prompt of one episode."""
+    from envs import make  # imported lazily: agents does not need envs to be importable
+
+    env = make(env_id, **env_kwargs)
+    episode = Episode(env_id=env_id, task_id=task_id, seed=seed, group_id=group_id,
+                      episode_id=uuid.uuid4().hex, privileged=cfg.privileged_strength)
+    episode.info["group_index"] = g
+    slot = _Slot(env=env, renderer=None, episode=episode)  # type: ignore[arg-type]
+    try:
+        with _Timer(stats, "env_s"):
+            obs, info = env.reset(seed=seed, options={"task_id": task_id})
+        episode.task_type = str(info.get("task_type", ""))
+        slot.renderer = _make_renderer(source, env, info)
+        slot.prompt_ids = slot.renderer.start(obs)
+        if prefix:
+            _replay_prefix(slot, prefix, stats)
+        if cfg.privileged_strength and not slot.done:
+            with _Timer(stats, "env_s"):
+                text = env.unwrapped.privileged_text(cfg.privileged_strength)
+            slot.prompt_ids, pos, n = slot.renderer.teacher_ids(slot.prompt_ids, text)
+            episode.info["privileged_span"] = [pos, n]
+    except Exception as exc:  # noqa: BLE001 - an env failure is recorded, the batch goes on
+        if slot.renderer is None:
+            slot.renderer = source if isinstance(source, Renderer) else None  # type: ignore[assignment]
+        _end(slot, EndReason.ENV_ERROR, error=_error_text(exc), error_stage="reset")
+    return slot
+
+
+def _replay_prefix(slot: _Slot, actions: list[str], stats: RolloutStats) -> None:
+    """Play expert ``actions`` (no loss): each becomes a closed assistant message in the prompt."""
+    slot.episode.info["prefix_actions"] = list(actions)
+    reward = 0.0
+    for action in actions:
+        with _Timer(stats, "env_s"):
+            obs, r, terminated, truncated, info = slot.env.step(action)
+        reward += float(r)
+        slot.prompt_ids = slot.renderer.extend(slot.prompt_ids + slot.renderer.render_assistant(action), obs)
+        if terminated or truncated:
+            slot.episode.won = bool(info.get("won", False))
+            _end(slot, EndReason.TERMINATED if terminated else EndReason.TRUNCATED, prefix_finished=True)
+            break
+    slot.episode.info["prefix_reward"] = reward
+
+
+def _record_privileged(slot: _Slot, strengths: tuple[str, ...], stats: RolloutStats) -> dict[str, str]:
+    with _Timer(stats, "env_s"):
+        return {s: slot.env.unwrapped.privileged_text(s) for s in strengths}
+
+
+def _make_turn(slot: _Slot, completion: Completion, version: int, privileged: dict[str, str]) -> Turn:
+    ids, mask = slot.renderer.finish_completion(completion.token_ids, completion.finish_reason)
+    logps = list(completion.logprobs) + [0.0] * (len(ids) - len(completion.logprobs))
+    parsed = parse_action(slot.renderer.family, completion.text)
+    info: dict[str, Any] = {"privileged": privileged} if privileged else {}
+    if parsed.error:
+        info["parse_error"] = parsed.error
+    return Turn(index=len(slot.episode.turns), prompt_ids=list(slot.prompt_ids), completion_ids=ids,
+                sampler_logprobs=logps, loss_mask=mask, action_text=completion.text,
+                action=parsed.action, action_valid=parsed.valid,
+                finish_reason=completion.finish_reason, policy_version=version, info=info)
+
+
+def _step_slot(slot: _Slot, turn: Turn, cfg: RolloutConfig, max_student_turns: int | None,
+               stats: RolloutStats) -> None:
+    """Send the turn's action to the env, record the answer, end the episode or extend its prompt."""
+    episode = slot.episode
+    episode.turns.append(turn)
+    try:
+        with _Timer(stats, "env_s"):
+            obs, reward, terminated, truncated, info = slot.env.step(turn.action)
+    except Exception as exc:  # noqa: BLE001 - recorded; the other episodes continue
+        _end(slot, EndReason.ENV_ERROR, error=_error_text(exc), error_stage=f"step {turn.index}")
+        return
+    turn.observation, turn.reward = obs, float(reward)
+    turn.terminated, turn.truncated = bool(terminated), bool(truncated)
+    turn.action_valid = turn.action_valid and bool(info.get("action_valid", True))
+    turn.info.update(_json_info(info))
+    episode.reward += turn.reward
+    episode.won = bool(info.get("won", episode.won))
+    if terminated or truncated:
+        _end(slot, EndReason.TERMINATED if terminated else EndReason.TRUNCATED)
+    elif max_student_turns is not None and len(episode.turns) >= max_student_turns:
+        _end(slot, EndReason.CURRICULUM)
+    elif len(episode.turns) >= cfg.max_turns:
+        _end(slot, EndReason.MAX_TURNS)
+    if slot.done:
+        return
+    previous = turn.prompt_ids + turn.completion_ids
+    slot.prompt_ids = slot.renderer.extend(previous, obs)
+    check_extends(previous, slot.prompt_ids, f"episode {episode.episode_id} turn {turn.index + 1}")
+
+
+def _finalize(slot: _Slot, cfg: RolloutConfig, stats: RolloutStats) -> None:
+    if "outcome_hint" in cfg.record_privileged and slot.episode.end_reason != EndReason.ENV_ERROR:
+        try:
+            slot.episode.info["privileged_final"] = _record_privileged(slot, ("outcome_hint",), stats)
+        except Exception as exc:  # noqa: BLE001
+            slot.episode.info["privileged_final_error"] = _error_text(exc)
+    try:
+        slot.env.close()
+    except Exception:  # noqa: BLE001 - closing is best effort
+        pass
+
+
+def collect_groups(
+    env_id: str,
+    task_ids: list[str],
+    backend: GenerationBackend,
+    renderer_factory_or_renderer: RendererSource,
+    cfg: RolloutConfig,
+    *,
+    seed: int,
+    policy_version: int | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+    prefix_actions: dict[str, list[str]] | None = None,
+    max_student_turns: int | None = None,
+    stats: RolloutStats | None = None,
+) -> list[EpisodeGroup]:
+    """Run ``cfg.group_size`` episodes per task (same env seed), all in lock-step.
+
+    Args:
+        env_id: a registered id, e.g. ``"DistillGym/Household-v0"``.
+        task_ids: tasks to play (``env.unwrapped.task_ids(split, n)``).
+        backend: the sampler; one ``generate`` call per turn for all live episodes.
+        renderer_factory_or_renderer: a :class:`Renderer`, or ``f(env.unwrapped, reset_info)``
+            returning one per episode (e.g. ``functools.partial(Renderer.for_env, tokenizer)``).
+        cfg: sampling and limits.
+        seed: env seed (shared by the group); per-turn sampling seeds derive from it when
+            ``cfg.sampling.seed`` is None, so a rollout is reproducible.
+        policy_version: tag for every sample (default: ``backend.policy_version``).
+        env_kwargs: passed to ``envs.make``.
+        prefix_actions: per task, expert actions replayed before the student plays (TCOD B2F).
+        max_student_turns: stop after that many student turns (TCOD F2B), ``EndReason.CURRICULUM``.
+        stats: filled with the time split (generation vs env).
+    """
+    stats = stats if stats is not None else RolloutStats()
+    t_start = time.perf_counter()
+    version = backend.policy_version if policy_version is None else int(policy_version)
+    slots: list[_Slot] = []
+    groups: list[EpisodeGroup] = []
+    for task_id in task_ids:
+        group_id = f"{task_id}@{seed}-{uuid.uuid4().hex[:8]}"
+        prefix = list((prefix_actions or {}).get(task_id, []))
+        members = [
+            _start_slot(env_id, task_id, g, group_id, renderer_factory_or_renderer, cfg, seed,
+                        dict(env_kwargs or {}), prefix, stats)
+            for g in range(cfg.group_size)
+        ]
+        slots.extend(members)
+        groups.append(EpisodeGroup(group_id=group_id, task_id=task_id, episodes=[s.episode for s in members]))
+    for slot in slots:
+        slot.episode.policy_version = version
+    turn_index = 0
+    while True:
+        for slot in slots:
+            if not slot.done and len(slot.prompt_ids) + cfg.sampling.max_tokens > cfg.max_context_tokens:
+                _end(slot, EndReason.CONTEXT_OVERFLOW, context_tokens=len(slot.prompt_ids))
+        live = [s for s in slots if not s.done]
+        if not live:
+            break
+        recorded = []
+        for slot in live:
+            try:
+                recorded.append(_record_privileged(slot, cfg.record_privileged, stats))
+            except Exception as exc:  # noqa: BLE001
+                recorded.append(None)
+                _end(slot, EndReason.ENV_ERROR, error=_error_text(exc), error_stage="privileged_text")
+        batch = [(s, r) for s, r in zip(live, recorded) if r is not None]
+        if not batch:
+            continue
+        params = cfg.sampling
+        if params.seed is None:
+            params = dataclasses.replace(params, seed=(seed * 1_000_003 + turn_index) % (2**31))
+        with _Timer(stats, "generate_s"):
+            completions = backend.generate([s.prompt_ids for s, _ in batch], params)
+        stats.generate_calls += 1
+        for (slot, privileged), completion in zip(batch, completions):
+            stats.generated_tokens += len(completion.token_ids)
+            stats.turns += 1
+            _step_slot(slot, _make_turn(slot, completion, version, privileged), cfg, max_student_turns, stats)
+        turn_index += 1
+    for slot in slots:
+        _finalize(slot, cfg, stats)
+    stats.episodes += len(slots)
+    stats.total_s += time.perf_counter() - t_start
+    return groups
+
+
+def student_view(episode: Episode) -> Episode:
+    """A copy of a privileged-sampled episode with the privileged span removed from every prompt.
+
+    The completions are unchanged, so scoring it gives the student-view log-probs of the very
+    tokens the teacher-view sampler produced (pi-Distill's ``pi_S(y | x)``).
+    """
+    span = episode.info.get("privileged_span")
+    if not span or not span[1]:
+        return dataclasses.replace(episode, turns=[dataclasses.replace(t) for t in episode.turns])
+    pos, n = span
+    turns = [dataclasses.replace(t, prompt_ids=strip_span(t.prompt_ids, pos, n)) for t in episode.turns]
+    info = {k: v for k, v in episode.info.items() if k != "privileged_span"}
+    return dataclasses.replace(episode, turns=turns, info=info, privileged=None)

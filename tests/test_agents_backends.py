@@ -1,0 +1,122 @@
+"""HF backend: sampler log-probs equal the trainer's recomputation; finish reasons; seeds; updates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agents.backends import HFBackend, SamplingParams, make_backend, sample_next
+from agents.errors import BackendError
+from agents.renderers import Renderer
+from agents.scoring import sequence_logprobs
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny):
+    _, tok = tiny
+    r = Renderer(tok, "household")
+    # different lengths so left padding and row dropping are exercised
+    return [r.start("You are in a room."), r.start("You see a cabinet 1, a fridge 1 and a sinkbasin 1. " * 3), [1, 2, 3]]
+
+
+def _recomputed(model, prompt, completion, temperature):
+    lp = sequence_logprobs(model, [prompt + completion.token_ids], temperature)[0]
+    return lp[len(prompt) - 1 :]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampler_logprobs_match_recomputation(tiny, prompts, temperature) -> None:
+    model, tok = tiny
+    backend = HFBackend(model, tok, max_batch_size=2)  # 2 chunks, rows of different lengths
+    outs = backend.generate(prompts, SamplingParams(temperature=temperature, max_tokens=12, seed=1))
+    assert len(outs) == len(prompts)
+    for prompt, out in zip(prompts, outs):
+        assert len(out.token_ids) == len(out.logprobs) >= 1
+        recomputed = _recomputed(model, prompt, out, temperature)
+        assert torch.allclose(torch.tensor(out.logprobs), recomputed, atol=1e-4), (out.logprobs, recomputed)
+
+
+@pytest.mark.slow
+def test_sampler_logprobs_match_recomputation_smollm2(smollm2) -> None:
+    model, tok = smollm2
+    r = Renderer(tok, "household")
+    prompts = [r.start("You are in the middle of a room. Your task is to: put a mug in cabinet."), r.start("Hi")]
+    outs = HFBackend(model, tok).generate(prompts, SamplingParams(temperature=1.0, max_tokens=10, seed=0))
+    gaps = [
+        (torch.tensor(o.logprobs) - _recomputed(model, p, o, 1.0)).abs().max().item() for p, o in zip(prompts, outs)
+    ]
+    assert max(gaps) < 1e-4, gaps
+
+
+def test_finish_reasons_and_stop_strings(tiny, prompts) -> None:
+    model, tok = tiny
+    backend = HFBackend(model, tok)
+    out = backend.generate(prompts[:1], SamplingParams(temperature=0, max_tokens=5))[0]
+    assert out.finish_reason == "length" and len(out.token_ids) == 5
+    # greedy text of 5 tokens; asking to stop at its 3rd token's text stops there
+    target = tok.decode(out.token_ids[:3], skip_special_tokens=True)[-1]
+    stopped = backend.generate(prompts[:1], SamplingParams(temperature=0, max_tokens=5, stop=(target,)))[0]
+    assert stopped.finish_reason in ("stop", "empty") and len(stopped.token_ids) <= 3
+    assert stopped.token_ids == out.token_ids[: len(stopped.token_ids)]
+
+
+def test_empty_generation_is_recorded(tiny, prompts) -> None:
+    model, tok = tiny
+    eos = tok.eos_token_id
+    with torch.no_grad():  # make the model put all its mass on eos
+        bias = torch.full((model.config.vocab_size,), -1e4)
+        bias[eos] = 0.0
+        model.lm_head.bias = torch.nn.Parameter(bias)
+    try:
+        out = HFBackend(model, tok).generate(prompts[:2], SamplingParams(max_tokens=4, seed=0))
+    finally:
+        model.lm_head.bias = None
+    assert [o.finish_reason for o in out] == ["empty", "empty"]
+    assert all(o.token_ids == [eos] and o.text == "" for o in out)
+
+
+def test_seed_reproducible_and_weights_live(tiny, prompts) -> None:
+    model, tok = tiny
+    backend = HFBackend(model, tok)
+    params = SamplingParams(temperature=1.0, max_tokens=6, seed=7)
+    a = backend.generate(prompts, params)
+    b = backend.generate(prompts, params)
+    assert [x.token_ids for x in a] == [x.token_ids for x in b]
+    greedy = SamplingParams(temperature=0, max_tokens=6)
+    before = backend.generate(prompts[:1], greedy)[0]
+    target = tok.convert_tokens_to_ids("cabinet")
+    with torch.no_grad():  # an "optimizer step" on the live model object: favour one token
+        bias = torch.zeros(model.config.vocab_size)
+        bias[target] = 100.0
+        model.lm_head.bias = torch.nn.Parameter(bias)
+    try:
+        backend.update_weights(model, 3)
+        after = backend.generate(prompts[:1], greedy)[0]
+    finally:
+        model.lm_head.bias = None
+    assert backend.policy_version == 3
+    assert after.token_ids == [target] * 6 != before.token_ids
+
+
+def test_sample_next_top_p_and_greedy() -> None:
+    logits = torch.tensor([[0.0, 1.0, 5.0, 2.0]])
+    tok, lp = sample_next(logits, SamplingParams(temperature=0), None)
+    assert tok.item() == 2 and torch.allclose(lp, torch.log_softmax(logits, -1)[:, 2])
+    g = torch.Generator().manual_seed(0)
+    draws = {sample_next(logits, SamplingParams(temperature=1.0, top_p=0.5), g)[0].item() for _ in range(50)}
+    assert draws == {2}  # the nucleus of mass 0.5 holds only the top token
+    _, lp_t = sample_next(logits, SamplingParams(temperature=0.5, top_p=0.5), g)
+    assert torch.allclose(lp_t, torch.log_softmax(logits / 0.5, -1)[:, 2])
+
+
+def test_make_backend_and_bad_params(tiny) -> None:
+    model, tok = tiny
+    assert isinstance(make_backend("auto", model=model, tokenizer=tok), HFBackend)
+    with pytest.raises(BackendError):
+        make_backend("vllm", model=model, tokenizer=tok)
+    with pytest.raises(BackendError):
+        make_backend("tpu", model=model, tokenizer=tok)
+    with pytest.raises(ValueError):
+        SamplingParams(max_tokens=0)
+    with pytest.raises(BackendError):
+        HFBackend(model, tok).generate([[]], SamplingParams())

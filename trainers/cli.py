@@ -1,0 +1,93 @@
+"""Command line: ``python -m trainers <method> | eval [--config file.yaml] [key=value | --key value ...]``.
+
+Examples::
+
+    python -m trainers --help                       # methods and what they do
+    python -m trainers grpo --help                  # every config field of grpo
+    python -m trainers sft --env DistillGym/Household-v0 --model smollm2-135m-instruct steps=30
+    python -m trainers opd --config configs/quickstart.yaml teacher=runs/sft-quick/final
+    python -m trainers eval --env DistillGym/Household-v0 --model runs/sft-quick/final --greedy
+
+A bad value, an unknown key, method or env, or an incompatible teacher prints one line starting
+with ``error:`` and exits with status 2 (program errors keep their traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from trainers.config import ConfigError, config_help, parse_config
+
+__all__ = ["main"]
+
+USAGE = """usage: python -m trainers <method> [--config FILE.yaml] [key=value | --key value ...]
+       python -m trainers eval --env ID --model PATH [--split valid_seen] [--episodes N] [--greedy]
+       python -m trainers <method|eval> --help     (all config fields)
+"""
+
+
+def _methods_help() -> str:
+    from trainers.methods import IMPORT_ERRORS, METHODS
+
+    lines = [USAGE, "methods:"]
+    for name, cls in sorted(METHODS.items()):
+        lines.append(f"  {name:<12} {cls.description}  [config: {cls.config_cls.__name__}]")
+    lines.append(f"  {'eval':<12} evaluate a checkpoint on a task split (success per task type)")
+    for name, why in sorted(IMPORT_ERRORS.items()):
+        lines.append(f"  ({name}: not available: {why})")
+    return "\n".join(lines)
+
+
+def _late_user_errors() -> tuple[type[BaseException], ...]:
+    """Errors of the env/model layers that mean 'fix your command' (imported only when raised)."""
+    from agents.models import ModelLoadError
+    from envs import UnknownEnvError
+
+    return (UnknownEnvError, ModelLoadError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from trainers.errors import TeacherMismatchError, TooManyBadStepsError, UnknownMethodError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_methods_help())
+        return 0
+    command, rest = args[0], args[1:]
+    try:
+        return _run(command, rest)
+    except (ConfigError, UnknownMethodError, TeacherMismatchError, TooManyBadStepsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if isinstance(exc, _late_user_errors()):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _run(command: str, rest: list[str]) -> int:
+    if command == "eval":
+        from trainers.evaluate import EvalConfig, evaluate_checkpoint
+
+        if "--help" in rest or "-h" in rest:
+            print(f"usage: python -m trainers eval [options]\n\n{config_help(EvalConfig)}")
+            return 0
+        report = evaluate_checkpoint(parse_config(EvalConfig, rest))
+        print(report.table())
+        return 0
+
+    from trainers.methods import get_method
+
+    method = get_method(command)
+    if "--help" in rest or "-h" in rest:
+        print(f"usage: python -m trainers {command} [options]\n{method.description}\n\n"
+              f"{config_help(method.config_cls)}")
+        return 0
+    cfg = parse_config(method.config_cls, [*rest, f"method={command}"])
+    from trainers.loop import train
+
+    result = train(cfg)
+    print(f"run {cfg.run_name}: final policy in {result.final_dir}")
+    return 0

@@ -1,0 +1,541 @@
+"""The one training loop shared by every method, readable top to bottom.
+
+``train(cfg)`` runs, every step (see ``trainers/methods/base.py`` for the hooks)::
+
+    tasks   <- data cursor (a seeded permutation of the train split, epoch by epoch)
+    groups  <- method.collect: G rollouts per task, all stepped in lock-step by one backend
+    method.score(groups)                      teacher log-probs into Turn.teacher_logprobs
+    batch   <- method.make_batch(groups)      one right-padded row per episode
+    A_BT    <- method.advantages(batch)       per-token advantages / weights
+    for each micro-batch (padded tokens <= token_budget):
+        logp_BT <- policy forward at the sampling temperature
+        loss    <- method.loss(...)           normalised by the step's global counts
+        loss.backward()                       (gradient accumulation)
+    clip grads; optimizer + LR schedule step  (skipped and counted when anything is NaN/inf)
+    backend.update_weights(model, version)    the sampler uses the new weights
+    method.after_step; metrics -> store + CSV; episodes -> store; checkpoint; eval
+
+Determinism and resume: all sampling of step ``s`` is seeded by ``(cfg.seed, s)``, so a run
+resumed from a checkpoint replays exactly the steps an uninterrupted run would have taken. The
+model stays in eval mode (the bundled models have no dropout; LoRA dropout defaults to 0), so the
+trainer's ``log π`` matches the sampler's ``log π_old`` up to kernel numerics.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.types import EpisodeGroup
+from trainers.checkpoint import (
+    TrainerState,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_bytes,
+    save_checkpoint,
+)
+from trainers.config import ConfigError, config_to_dict, dump_yaml
+from trainers.errors import TooManyBadStepsError
+from trainers.losses import k3_kl
+from trainers.methods import get_method
+from trainers.methods.base import Method, RolloutOverrides, TrainBatch, TrainContext
+from trainers.metrics import MetricsLogger
+from trainers.train_config import TrainConfig
+
+__all__ = [
+    "train",
+    "TrainResult",
+    "TaskCursor",
+    "load_any_model",
+    "build_policy",
+    "collect_rollouts",
+    "policy_logprobs",
+    "PolicyOutput",
+    "step_seed",
+    "open_store",
+]
+
+
+# --------------------------------------------------------------------------- small pieces
+
+
+@dataclass
+class TaskCursor:
+    """Deterministic task order: epoch ``e`` visits ``task_ids`` in ``permutation(seed, e)``."""
+
+    task_ids: list[str]
+    seed: int
+    position: int = 0
+
+    def next(self, k: int) -> list[str]:
+        out = []
+        for _ in range(k):
+            epoch, i = divmod(self.position, len(self.task_ids))
+            perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.task_ids))
+            out.append(self.task_ids[int(perm[i])])
+            self.position += 1
+        return out
+
+
+@dataclass
+class TrainResult:
+    """What a finished run leaves behind."""
+
+    run_id: Any
+    run_dir: Path
+    final_dir: Path  # policy of the last step, loadable by agents.models.load_model
+    metrics: list[dict[str, float]] = field(default_factory=list)  # one row per step
+
+    @property
+    def last(self) -> dict[str, float]:
+        return self.metrics[-1] if self.metrics else {}
+
+
+def step_seed(seed: int, step: int) -> int:
+    """Seed of everything sampled at ``step`` (independent of how the run got there)."""
+    return (seed * 1_000_003 + step * 7919) % (2**31 - 1)
+
+
+def load_any_model(name: str, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """``load_model(name)``, plus ``"tiny"``/``"tiny:<seed>"``: a random 2-layer model with the
+    real tokenizer (tests and smoke runs)."""
+    from agents.models import load_model, tiny_model
+
+    if name == "tiny" or name.startswith("tiny:"):
+        seed = int(name.split(":", 1)[1]) if ":" in name else 0
+        model, tok = tiny_model(seed=seed)
+        return model.to(dtype), tok
+    return load_model(name, dtype=dtype)
+
+
+def build_policy(cfg: TrainConfig) -> tuple[Any, Any]:
+    """The trained policy: the student model, LoRA-wrapped (PEFT) or fully trainable."""
+    dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+    model, tokenizer = load_any_model(cfg.model, dtype)
+    if hasattr(model, "merge_and_unload"):  # a LoRA checkpoint as the student: fold it in
+        model = model.merge_and_unload()
+    if cfg.finetune == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        targets: Any = cfg.lora_targets
+        if targets != "all-linear":
+            targets = [t.strip() for t in targets.split(",") if t.strip()]
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=targets, task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    else:
+        model.requires_grad_(True)
+    model.eval()
+    return model, tokenizer
+
+
+def build_optimizer(cfg: TrainConfig, model: Any) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW over the trainable parameters and a transformers LR schedule."""
+    from transformers import get_scheduler
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
+                              num_training_steps=max(cfg.steps, 1))
+    return optimizer, scheduler
+
+
+def open_store(cfg: TrainConfig) -> Any:
+    """The trajectory store of the run (default: one SQLite file under ``output_dir``)."""
+    from data import Store
+
+    url = cfg.store or f"sqlite:///{Path(cfg.output_dir).resolve() / 'distillgym.db'}"
+    return Store(url)
+
+
+def make_renderer_factory(env_id: str, tokenizer: Any, env_kwargs: dict[str, Any]) -> tuple[Any, str]:
+    """``(factory, family)``: ``factory(env.unwrapped, reset_info) -> Renderer`` for the env's
+    family, instructions and tools (the signature ``agents.rollout.collect_groups`` takes)."""
+    import functools
+
+    import envs
+    from agents.renderers import Renderer
+
+    env = envs.make(env_id, **env_kwargs)
+    try:
+        family = env.unwrapped.family
+    finally:
+        env.close()
+    return functools.partial(Renderer.for_env, tokenizer), family
+
+
+def train_task_ids(env_id: str, split: str, n: int, env_kwargs: dict[str, Any]) -> list[str]:
+    import envs
+
+    env = envs.make(env_id, **env_kwargs)
+    try:
+        return list(env.unwrapped.task_ids(split, n))
+    finally:
+        env.close()
+
+
+# --------------------------------------------------------------------------- rollouts and forward
+
+
+def collect_rollouts(
+    ctx: TrainContext, step: int, tasks: list[str], overrides: RolloutOverrides
+) -> list[EpisodeGroup]:
+    """G on-policy episodes per task from the context's backend, seeded by ``(seed, step)``."""
+    from agents.backends import SamplingParams
+    from agents.rollout import RolloutConfig, collect_groups
+
+    cfg = ctx.cfg
+    seed = step_seed(cfg.seed, step)
+    torch.manual_seed(seed)
+    sampling = SamplingParams(
+        temperature=overrides.temperature if overrides.temperature is not None else cfg.temperature,
+        top_p=cfg.top_p, max_tokens=cfg.max_new_tokens,
+    )  # seed None: the rollout derives one seed per turn from the env seed below
+    rollout_cfg = RolloutConfig(
+        group_size=overrides.group_size or cfg.group_size, max_turns=cfg.max_turns,
+        max_context_tokens=cfg.max_context_tokens, sampling=sampling,
+        privileged_strength=overrides.privileged_strength,
+    )
+    return collect_groups(
+        ctx.env_id, tasks, ctx.backend, ctx.renderer_factory, rollout_cfg, seed=seed,
+        policy_version=ctx.policy_version, env_kwargs=cfg.env_kwargs,
+        prefix_actions=overrides.prefix_actions, max_student_turns=overrides.max_student_turns,
+    )
+
+
+@dataclass
+class PolicyOutput:
+    """One micro-batch forward: ``logp_BT`` (with gradient, 0 off the trained tokens), the
+    entropy of the predicting distribution at trained tokens (no gradient) and a lazy
+    ``logits_fn() -> (B, T, V)`` for full-vocabulary losses (computed only when asked for)."""
+
+    logp_BT: torch.Tensor
+    entropy_BT: torch.Tensor
+    logits_fn: Any
+
+
+def policy_logprobs(model: Any, mb: TrainBatch, temperature: float) -> PolicyOutput:
+    """``log π(x_t | x_<t)`` at the sampling temperature on the trained tokens of a micro-batch.
+
+    The vocabulary projection dominates the cost (V = 49k for SmolLM2), and most positions are
+    prompt and observation tokens; so the LM head is applied only to the ``N`` hidden states
+    that predict trained tokens: ``z_NV = W h_{b,t−1}``, ``logp_N = z[x_t]/τ − logsumexp(z/τ)``,
+    scattered back to ``(B, T)``.
+    """
+    dev = next(model.parameters()).device
+    ids = mb.input_ids_BT.to(dev)
+    out = model(input_ids=ids, attention_mask=mb.attention_mask_BT.to(dev),
+                output_hidden_states=True, logits_to_keep=1)
+    h_BTH = out.hidden_states[-1]
+    head = model.get_output_embeddings()
+    b_N, t_N = (mb.loss_mask_BT.to(dev) > 0).nonzero(as_tuple=True)
+    z_NV = head(h_BTH[b_N, t_N - 1]).float() / temperature
+    logp_N = z_NV.gather(-1, ids[b_N, t_N][:, None]).squeeze(-1) - torch.logsumexp(z_NV, dim=-1)
+    logp_BT = torch.zeros(ids.shape, dtype=logp_N.dtype, device=dev).index_put((b_N, t_N), logp_N)
+    with torch.no_grad():
+        lp_NV = torch.log_softmax(z_NV.detach(), dim=-1)
+        ent_N = -(lp_NV.exp() * lp_NV).sum(-1)
+        entropy_BT = torch.zeros_like(logp_BT).index_put((b_N, t_N), ent_N)
+    return PolicyOutput(logp_BT, entropy_BT, lambda: head(h_BTH))
+
+
+@contextmanager
+def reference_view(ctx: TrainContext) -> Iterator[Any]:
+    """The KL reference: a frozen copy (full FT) or the policy with its adapter disabled (LoRA)."""
+    if ctx.reference is not None:
+        yield ctx.reference
+    else:
+        with ctx.model.disable_adapter():
+            yield ctx.model
+
+
+def _move(batch: TrainBatch, device: torch.device) -> TrainBatch:
+    for name in ("loss_mask_BT", "old_logp_BT", "teacher_logp_BT", "advantages_BT", "adv_B"):
+        value = getattr(batch, name)
+        if value is not None:
+            setattr(batch, name, value.to(device))
+    return batch
+
+
+# --------------------------------------------------------------------------- one step
+
+
+def train_step(
+    ctx: TrainContext, method: Method, optimizer: torch.optim.Optimizer, scheduler: Any,
+    state: TrainerState, cursor: TaskCursor,
+) -> tuple[dict[str, float], list[EpisodeGroup]]:
+    """Run one optimizer step; return its metrics and episode groups."""
+    cfg, step = ctx.cfg, state.step
+    t0 = time.perf_counter()
+
+    tasks = cursor.next(cfg.tasks_per_step)
+    overrides = method.rollout_overrides(ctx, step, tasks)
+    groups = method.collect(ctx, step, tasks, overrides)
+    t_rollout = time.perf_counter()
+
+    method.score(ctx, groups)
+    t_score = time.perf_counter()
+
+    batch = method.make_batch(ctx, groups)
+    batch.advantages_BT = method.advantages(ctx, batch)
+    stats: dict[str, float] = defaultdict(float, method.step_stats(batch))
+    bad = batch.num_tokens == 0  # nothing to train on (every episode empty): skip the step
+    for mb in batch.micro_batches(cfg.token_budget):
+        mb = _move(mb, ctx.device)
+        if cfg.kl_coef:
+            with torch.no_grad(), reference_view(ctx) as ref:
+                mb.ref_logp_BT = policy_logprobs(ref, mb, cfg.temperature).logp_BT
+        fwd = policy_logprobs(ctx.model, mb, cfg.temperature)
+        loss, mb_stats = method.loss(ctx, mb, fwd.logp_BT, fwd.logits_fn)
+        if not torch.isfinite(loss):
+            bad = True
+            break
+        loss.backward()
+        for k, v in mb_stats.items():  # stats are additive over micro-batches (global norm)
+            stats[k] += v
+        stats["loss"] += loss.item()
+        with torch.no_grad():
+            m, n = mb.loss_mask_BT, max(batch.num_tokens, 1)
+            stats["entropy"] += float((fwd.entropy_BT * m).sum()) / n
+            if method.on_policy:  # k3 KL(π_old‖π_θ): sampler/trainer mismatch and drift
+                stats["kl_old"] += float((k3_kl(fwd.logp_BT, mb.old_logp_BT) * m).sum()) / n
+        del fwd, loss
+    t_loss = time.perf_counter()
+
+    params = [p for p in ctx.model.parameters() if p.requires_grad]
+    grad_norm = float("nan")
+    if not bad:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf")))
+        bad = not math.isfinite(grad_norm)
+    if bad:
+        optimizer.zero_grad(set_to_none=True)
+        state.bad_steps += 1
+    else:
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.policy_version += 1
+        ctx.policy_version = state.policy_version
+        ctx.backend.update_weights(ctx.model, state.policy_version)
+        method.after_step(ctx, step, groups)
+    t_end = time.perf_counter()
+
+    episodes = [ep for g in groups for ep in g.episodes]
+    stats.update(episode_stats(episodes))
+    stats.update({
+        "skipped": float(bad), "bad_steps": float(state.bad_steps), "grad_norm": grad_norm,
+        "lr": scheduler.get_last_lr()[0], "trained_tokens": float(batch.num_tokens),
+        "tokens_per_s": batch.num_tokens / max(t_end - t0, 1e-9),
+        "time_rollout_s": t_rollout - t0, "time_score_s": t_score - t_rollout,
+        "time_loss_s": t_loss - t_score, "time_optim_s": t_end - t_loss, "time_step_s": t_end - t0,
+    })
+    return dict(stats), groups
+
+
+def episode_stats(episodes: list[Any]) -> dict[str, float]:
+    """Reward, success rate, turns and sampled tokens of a step's episodes."""
+    if not episodes:
+        return {"reward": 0.0, "success_rate": 0.0, "turns": 0.0, "sampled_tokens": 0.0}
+    return {
+        "reward": float(np.mean([e.reward for e in episodes])),
+        "success_rate": float(np.mean([float(e.won) for e in episodes])),
+        "turns": float(np.mean([e.num_turns for e in episodes])),
+        "sampled_tokens": float(sum(sum(t.loss_mask) for e in episodes for t in e.turns)),
+        "episodes": float(len(episodes)),
+    }
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainResult:
+    """Train ``cfg.method`` on ``cfg.env``; resume from the last checkpoint with ``cfg.resume``.
+
+    ``policy`` optionally passes an already-loaded ``(model, tokenizer)`` (tests, notebooks).
+    """
+    import envs
+    from agents.backends import make_backend
+
+    method = get_method(cfg.method)(cfg)
+    if type(cfg) is not method.config_cls and not isinstance(cfg, method.config_cls):
+        raise ConfigError(f"method {cfg.method!r} needs a {method.config_cls.__name__}, "
+                          f"got {type(cfg).__name__}")
+    if cfg.resume and not cfg.run_name:
+        raise ConfigError("resume: needs run_name=<the run to continue>")
+    envs.make(cfg.env, **cfg.env_kwargs).close()  # unknown env id: UnknownEnvError, first
+    run_name = cfg.run_name or f"{cfg.method}-{cfg.env.split('/')[-1]}-{datetime.now():%Y%m%d-%H%M%S}"
+    cfg.run_name = run_name
+    run_dir = Path(cfg.output_dir) / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_yaml(cfg, run_dir / "config.yaml")
+
+    model, tokenizer = policy if policy is not None else build_policy(cfg)
+    device = _device()
+    model.to(device)
+    renderer_factory, family = make_renderer_factory(cfg.env, tokenizer, cfg.env_kwargs)
+    model_dir = None if cfg.model.startswith("tiny") or cfg.backend == "hf" else cfg.model
+    backend = make_backend(cfg.backend, model=model, tokenizer=tokenizer,
+                           **({"model_dir": _model_dir(model_dir)} if model_dir else {}))
+    store = open_store(cfg)
+    run_id = _open_run(store, cfg)
+    ctx = TrainContext(cfg=cfg, model=model, tokenizer=tokenizer, backend=backend,
+                       renderer_factory=renderer_factory, store=store, run_id=run_id,
+                       device=device, family=family, env_id=cfg.env)
+    if cfg.kl_coef and cfg.finetune == "full":
+        ctx.reference = copy.deepcopy(model).requires_grad_(False).eval()
+    method.setup(ctx)
+    optimizer, scheduler = build_optimizer(cfg, model)
+    cursor = TaskCursor(train_task_ids(cfg.env, cfg.train_split, cfg.num_train_tasks, cfg.env_kwargs),
+                        cfg.seed)
+    state = TrainerState()
+    logger = MetricsLogger(run_dir / "metrics.csv", store=store, run_id=run_id,
+                           tensorboard=cfg.log_tensorboard, wandb=cfg.log_wandb,
+                           run_name=run_name, config=config_to_dict(cfg))
+
+    if cfg.resume:
+        state = _resume(ctx, method, optimizer, scheduler, run_dir, cursor, logger)
+
+    status = "failed"
+    bar = _progress(cfg, state.step)
+    try:
+        while state.step < cfg.steps:
+            metrics, groups = train_step(ctx, method, optimizer, scheduler, state, cursor)
+            step = state.step
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+                metrics.update(_periodic_eval(ctx))
+            store.add_episodes(run_id, step, [ep for g in groups for ep in g.episodes])
+            logger.log(step, metrics, policy_version=state.policy_version)
+            state.step += 1
+            state.cursor = {"position": cursor.position}
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps:
+                _checkpoint(ctx, method, optimizer, scheduler, state, run_dir)
+            _update_bar(bar, metrics)
+            if metrics["skipped"] and state.bad_steps >= max(cfg.max_bad_steps, 1):
+                raise TooManyBadStepsError(
+                    f"{state.bad_steps} steps had a NaN/inf loss or gradient (max_bad_steps="
+                    f"{cfg.max_bad_steps}); stopping before the weights are corrupted. Lower lr, "
+                    "check the teacher's log-probs, or use dtype=float32"
+                )
+        ckpt = _checkpoint(ctx, method, optimizer, scheduler, state, run_dir)
+        final_dir = run_dir / "final"
+        shutil.rmtree(final_dir, ignore_errors=True)
+        shutil.copytree(ckpt / "model", final_dir)
+        status = "finished"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        logger.close()
+        store.flush()
+        store.set_status(run_id, status)
+    _finish(cfg, run_dir, logger.rows)
+    return TrainResult(run_id=run_id, run_dir=run_dir, final_dir=final_dir, metrics=logger.rows)
+
+
+def _device() -> torch.device:
+    try:
+        from accelerate import PartialState
+
+        return PartialState().device
+    except ImportError:  # accelerate is a dependency; keep the loop usable without it
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _model_dir(name: str) -> Path:
+    from agents.models import resolve_model_dir
+
+    return resolve_model_dir(name)
+
+
+def _open_run(store: Any, cfg: TrainConfig) -> Any:
+    """Create the run in the store, or reopen it (status back to running) when resuming."""
+    return store.create_run(cfg.run_name, cfg.method, config_to_dict(cfg), seed=cfg.seed,
+                            resume=cfg.resume)
+
+
+def _checkpoint(ctx: TrainContext, method: Method, optimizer: Any, scheduler: Any,
+                state: TrainerState, run_dir: Path) -> Path:
+    path = save_checkpoint(run_dir, model=ctx.model, tokenizer=ctx.tokenizer, base_model=ctx.cfg.model,
+                           optimizer=optimizer, scheduler=scheduler, state=state,
+                           method_state=method.state_dict(), keep=ctx.cfg.keep_checkpoints)
+    ctx.store.flush()
+    # the store's checkpoint step is the last step it includes (state.step counts completed steps)
+    ctx.store.add_checkpoint(ctx.run_id, state.step - 1, {"dir": str(path)}, rng_bytes(),
+                             data_cursor=state.cursor, policy_version=state.policy_version)
+    return path
+
+
+def _resume(ctx: TrainContext, method: Method, optimizer: Any, scheduler: Any, run_dir: Path,
+            cursor: TaskCursor, logger: MetricsLogger) -> TrainerState:
+    """Load the newest checkpoint and drop everything the store/CSV logged after it."""
+    path = latest_checkpoint(run_dir)
+    state = TrainerState()
+    if path is not None:
+        state, method_state = load_checkpoint(path, model=ctx.model, optimizer=optimizer,
+                                              scheduler=scheduler)
+        method.load_state_dict(method_state)
+        cursor.position = int(state.cursor.get("position", 0))
+        ctx.policy_version = state.policy_version
+        ctx.backend.update_weights(ctx.model, state.policy_version)
+    # steps >= state.step were not checkpointed: they will be re-run
+    ctx.store.delete_episodes_after(ctx.run_id, state.step - 1)
+    logger.truncate(state.step - 1)
+    return state
+
+
+def _periodic_eval(ctx: TrainContext) -> dict[str, float]:
+    from trainers.evaluate import evaluate_policy
+
+    cfg = ctx.cfg
+    report = evaluate_policy(ctx.backend, ctx.renderer_factory, cfg.env, split=cfg.eval_split,
+                             episodes=cfg.eval_episodes, greedy=cfg.eval_greedy, seed=cfg.seed,
+                             max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
+                             max_context_tokens=cfg.max_context_tokens, env_kwargs=cfg.env_kwargs,
+                             temperature=cfg.temperature)
+    return {f"eval/{k}": v for k, v in report.flat().items()}
+
+
+def _progress(cfg: TrainConfig, start: int) -> Any:
+    if not cfg.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.steps, initial=start, desc=cfg.method, unit="step", dynamic_ncols=True)
+
+
+def _update_bar(bar: Any, metrics: dict[str, float]) -> None:
+    if bar is None:
+        return
+    kl = metrics.get("kl_teacher", metrics.get("kl_ref", metrics.get("kl_old", 0.0)))
+    bar.set_postfix(reward=f"{metrics['reward']:.3f}", success=f"{metrics['success_rate']:.2f}",
+                    kl=f"{kl:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}", refresh=False)
+    bar.update(1)
+
+
+def _finish(cfg: TrainConfig, run_dir: Path, rows: list[dict[str, float]]) -> None:
+    """Learning-curve PNG and a one-paragraph summary on stdout."""
+    from trainers.plots import plot_learning_curve
+
+    try:
+        plot_learning_curve(rows, run_dir / "learning_curve.png", title=cfg.run_name)
+    except ImportError:  # matplotlib missing: the CSV is still there
+        pass
+    if cfg.progress and rows:
+        first, last = rows[0], rows[-1]
+        print(f"[{cfg.run_name}] {len(rows)} steps: reward {first.get('reward', 0):.3f} -> "
+              f"{last.get('reward', 0):.3f}, success {first.get('success_rate', 0):.2f} -> "
+              f"{last.get('success_rate', 0):.2f}; outputs in {run_dir}")
