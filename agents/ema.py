@@ -44,8 +44,9 @@ class EMATeacher:
         self.updates = 0
 
     def _pairs(self, student: torch.nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        mine = dict(self.model.state_dict(keep_vars=True))
-        theirs = dict(student.state_dict(keep_vars=True))
+        # named_parameters() lists a tied tensor once (a tied lm_head must not move twice)
+        mine = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
+        theirs = {**dict(student.named_parameters()), **dict(student.named_buffers())}
         if mine.keys() != theirs.keys():
             missing = sorted(set(mine) ^ set(theirs))[:5]
             raise ValueError(f"student and teacher differ in parameter names, e.g. {missing}")

@@ -186,19 +186,44 @@ def score_turns(
     context = model.disable_adapter() if disable_adapter else contextlib.nullcontext()
     with context:
         for batch in _batches(seqs, batch_tokens):
-            logps = _score(model, [seqs[i] for i in batch], temperature)
+            rows = sorted({start - 1 + k for i in batch for turn, start in targets[i]
+                           for k in range(len(turn.completion_ids))})
+            logps = _score(model, [seqs[i] for i in batch], temperature, rows)
             for i, lp in zip(batch, logps):
                 for turn, start in targets[i]:
                     values = lp[start - 1 : start - 1 + len(turn.completion_ids)]
                     turn.teacher_logprobs = [float(v) for v in values.tolist()]
 
 
-def _score(model: Any, seqs: list[list[int]], temperature: float) -> list[torch.Tensor]:
+def _score(model: Any, seqs: list[list[int]], temperature: float, rows: list[int]) -> list[torch.Tensor]:
+    """Log-probs of ``seqs`` (as :func:`sequence_logprobs`), computed only at ``rows`` (NaN elsewhere)."""
     if hasattr(model, "prompt_logprobs"):
         return vllm_prompt_logprobs(model, seqs, temperature)
     was_training = model.training
     model.eval()
     try:
-        return sequence_logprobs(model, seqs, temperature)
+        return _rows_logprobs(model, seqs, temperature, rows)
     finally:
         model.train(was_training)
+
+
+@torch.no_grad()
+def _rows_logprobs(model: Any, seqs: list[list[int]], temperature: float, rows: list[int]) -> list[torch.Tensor]:
+    """Only the vocabulary projection of the needed rows is computed (``logits_to_keep``).
+
+    Completion tokens are a small part of an episode (the system prompt and observations are
+    most of it), so this skips most of the ``[B, L, V]`` logits.
+    """
+    device = next(model.parameters()).device
+    B, L = len(seqs), max(len(s) for s in seqs)
+    ids_BL = torch.zeros((B, L), dtype=torch.long, device=device)
+    mask_BL = torch.zeros((B, L), dtype=torch.long, device=device)
+    for b, seq in enumerate(seqs):
+        ids_BL[b, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask_BL[b, : len(seq)] = 1
+    keep_U = torch.tensor([r for r in rows if r < L - 1], dtype=torch.long, device=device)
+    logits_BUV = model(input_ids=ids_BL, attention_mask=mask_BL, use_cache=False, logits_to_keep=keep_U).logits
+    logp_BU = token_logprobs(logits_BUV, ids_BL[:, keep_U + 1], temperature)
+    full_BT = torch.full((B, L - 1), float("nan"), device=device)
+    full_BT[:, keep_U] = logp_BU
+    return [full_BT[b, : len(s) - 1] for b, s in enumerate(seqs)]

@@ -18,7 +18,9 @@ length of the shared prefix and the new suffix keeps an episode's storage linear
 
 from __future__ import annotations
 
+import array
 import struct
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,20 +37,28 @@ __all__ = [
     "join_prompt",
 ]
 
-_UINT16_MAX = np.iinfo(np.uint16).max
+_BIG_ENDIAN = sys.byteorder == "big"
+assert array.array("i").itemsize == 4 and array.array("H").itemsize == 2
 _DTYPES = {b"H": np.dtype("<u2"), b"i": np.dtype("<i4"), b"f": np.dtype("<f4")}
 
 
 def encode_ids(ids: Sequence[int] | np.ndarray) -> bytes:
     """Token ids -> ``b"H" + uint16`` when they all fit, else ``b"i" + int32``."""
-    arr = np.asarray(ids, dtype=np.int64)
-    if arr.ndim != 1:
-        raise CodecError(f"token ids must be 1-D, got shape {arr.shape}")
-    if arr.size == 0 or (arr.min() >= 0 and arr.max() <= _UINT16_MAX):
-        return b"H" + arr.astype("<u2").tobytes()
-    if arr.min() < np.iinfo(np.int32).min or arr.max() > np.iinfo(np.int32).max:
-        raise CodecError("token id does not fit in int32")
-    return b"i" + arr.astype("<i4").tobytes()
+    if isinstance(ids, np.ndarray):
+        if ids.ndim != 1:
+            raise CodecError(f"token ids must be 1-D, got shape {ids.shape}")
+        ids = ids.tolist()
+    for tag, code in ((b"H", "H"), (b"i", "i")):
+        try:
+            arr = array.array(code, ids)  # range-checked by the array module (C speed)
+        except OverflowError:
+            continue
+        except TypeError as exc:
+            raise CodecError(f"token ids must be integers: {exc}") from exc
+        if _BIG_ENDIAN:
+            arr.byteswap()
+        return tag + arr.tobytes()
+    raise CodecError("token id does not fit in int32")
 
 
 def encode_floats(values: Sequence[float] | np.ndarray) -> bytes:
@@ -61,12 +71,18 @@ def encode_floats(values: Sequence[float] | np.ndarray) -> bytes:
 
 def encode_mask(mask: Sequence[int] | np.ndarray) -> bytes:
     """A 0/1 mask of length n -> ``b"m" + uint32(n) + packbits(mask)`` (n/8 bytes)."""
-    arr = np.asarray(mask)
-    if arr.ndim != 1:
-        raise CodecError(f"mask must be 1-D, got shape {arr.shape}")
-    if arr.size and not np.isin(arr, (0, 1)).all():
+    if isinstance(mask, np.ndarray):
+        if mask.ndim != 1:
+            raise CodecError(f"mask must be 1-D, got shape {mask.shape}")
+        mask = mask.tolist()
+    try:
+        arr = array.array("B", mask)
+    except (OverflowError, TypeError) as exc:
+        raise CodecError(f"loss mask values must be 0 or 1: {exc}") from exc
+    if arr and max(arr) > 1:
         raise CodecError("loss mask values must be 0 or 1")
-    return b"m" + struct.pack("<I", arr.size) + np.packbits(arr.astype(np.uint8)).tobytes()
+    bits = np.packbits(np.frombuffer(arr, dtype=np.uint8)) if arr else np.zeros(0, np.uint8)
+    return b"m" + struct.pack("<I", len(arr)) + bits.tobytes()
 
 
 def decode(blob: bytes | memoryview | None) -> np.ndarray | None:

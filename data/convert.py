@@ -54,19 +54,17 @@ def episode_to_rows(
         "info": dict(episode.info),
     }
     turn_rows = []
-    previous: np.ndarray | None = None
+    previous: list[int] | None = None
     for turn in episode.turns:
         check_turn(turn)
-        prompt = np.asarray(turn.prompt_ids, dtype=np.int64)
-        completion = np.asarray(turn.completion_ids, dtype=np.int64)
-        prefix_len, suffix = codec.split_prompt(prompt, previous)
-        previous = np.concatenate([prompt, completion])
+        prefix_len, suffix = _prompt_delta(list(turn.prompt_ids), previous)
+        previous = list(turn.prompt_ids) + list(turn.completion_ids)
         turn_rows.append(
             {
                 "index": turn.index,
                 "prompt_prefix_len": prefix_len,
                 "prompt_suffix": codec.encode_ids(suffix),
-                "completion_ids": codec.encode_ids(completion),
+                "completion_ids": codec.encode_ids(turn.completion_ids),
                 "sampler_logprobs": codec.encode_floats(turn.sampler_logprobs),
                 "teacher_logprobs": _opt_floats(turn.teacher_logprobs),
                 "loss_mask": codec.encode_mask(turn.loss_mask),
@@ -84,6 +82,20 @@ def episode_to_rows(
             }
         )
     return ep_row, turn_rows
+
+
+def _prompt_delta(
+    prompt: list[int], previous: list[int] | None
+) -> tuple[int, list[int] | np.ndarray]:
+    """(shared prefix length, suffix); the usual case (prompt extends previous) avoids numpy."""
+    if previous is None:
+        return 0, prompt
+    n = len(previous)
+    if len(prompt) >= n and prompt[:n] == previous:
+        return n, prompt[n:]
+    return codec.split_prompt(
+        np.asarray(prompt, dtype=np.int64), np.asarray(previous, dtype=np.int64)
+    )
 
 
 def _opt_floats(values: Sequence[float] | None) -> bytes | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import itertools
 import json
 import logging
 import os
@@ -145,6 +146,8 @@ class Store:
             str(self._path) if self._path else self._url.render_as_string(hide_password=True)
         )
         self._known_runs: set[int] = set()
+        self._id_prefix = uuid.uuid4().hex[:20]  # one urandom call per store, not per episode
+        self._id_counter = itertools.count()
         self._writer: BackgroundWriter | None = None
         self._write_engine: Engine | None = None
         if self._path is not None:
@@ -464,14 +467,15 @@ class Store:
     def add_episodes(self, run_id: int, step: int, episodes: Sequence[Episode]) -> None:
         """Queue episodes for writing and return at once.
 
-        Fills ``episode.episode_id`` (a fresh hex uuid) where empty. Token arrays are encoded here,
+        Fills ``episode.episode_id`` where empty (32 hex chars: a random per-store prefix and a
+        counter, unique across processes). Token arrays are encoded here,
         so later changes to the records are not seen; each episode becomes visible with all its turns.
         """
         self._require_run(run_id)
         rows = []
         for ep in episodes:
             if not ep.episode_id:
-                ep.episode_id = uuid.uuid4().hex
+                ep.episode_id = f"{self._id_prefix}{next(self._id_counter):012x}"
             _check_json(f"episode {ep.episode_id} info", ep.info)
             rows.append(convert.episode_to_rows(run_id, int(step), ep))
         if rows:

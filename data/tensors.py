@@ -70,41 +70,13 @@ def arrays_from_episode(episode: Episode) -> list[TurnArrays]:
 
 @dataclass
 class Row:
-    """One unpadded training row (length L): ids, mask, logprobs and weights of length L."""
+    """One unpadded training row: token ids (length L) and the completion spans written on it."""
 
     ids: np.ndarray
-    loss_mask: np.ndarray
-    sampler: np.ndarray
-    teacher: np.ndarray
-    weights: np.ndarray
+    spans: list[tuple[int, TurnArrays]]  # (offset into ids, the turn whose completion starts there)
     has_teacher: bool
     episode_id: str
     turn_index: int
-
-
-def _place(row: Row, offset: int, turn: TurnArrays) -> None:
-    n = turn["completion_ids"].size  # type: ignore[union-attr]
-    span = slice(offset, offset + n)
-    row.loss_mask[span] = turn["loss_mask"]
-    row.sampler[span] = turn["sampler_logprobs"]
-    if turn["teacher_logprobs"] is not None:
-        row.teacher[span] = turn["teacher_logprobs"]
-    if turn["token_weights"] is not None:
-        row.weights[span] = turn["token_weights"]
-
-
-def _empty_row(ids: np.ndarray, episode_id: str, turn_index: int, has_teacher: bool) -> Row:
-    L = ids.size
-    return Row(
-        ids=ids,
-        loss_mask=np.zeros(L, np.int64),
-        sampler=np.zeros(L, np.float32),
-        teacher=np.zeros(L, np.float32),
-        weights=np.ones(L, np.float32),
-        has_teacher=has_teacher,
-        episode_id=episode_id,
-        turn_index=turn_index,
-    )
 
 
 def rows_from_arrays(
@@ -114,25 +86,33 @@ def rows_from_arrays(
     if not turns:
         return []
     if per_turn:
-        rows = []
-        for i, t in enumerate(turns):
-            prompt = t["prompt_ids"]
-            ids = np.concatenate([prompt, t["completion_ids"]])  # type: ignore[list-item]
-            row = _empty_row(ids, episode_id, i, t["teacher_logprobs"] is not None)
-            _place(row, prompt.size, t)  # type: ignore[union-attr]
-            rows.append(row)
-        return rows
+        return [
+            Row(
+                ids=np.concatenate([t["prompt_ids"], t["completion_ids"]]),  # type: ignore[list-item]
+                spans=[(t["prompt_ids"].size, t)],  # type: ignore[union-attr]
+                has_teacher=t["teacher_logprobs"] is not None,
+                episode_id=episode_id,
+                turn_index=i,
+            )
+            for i, t in enumerate(turns)
+        ]
     last = turns[-1]
-    ids = np.concatenate([last["prompt_ids"], last["completion_ids"]])  # type: ignore[list-item]
-    has_teacher = all(t["teacher_logprobs"] is not None for t in turns)
-    row = _empty_row(ids, episode_id, -1, has_teacher)
-    for t in turns:
-        _place(row, t["prompt_ids"].size, t)  # type: ignore[union-attr]
-    return [row]
+    return [
+        Row(
+            ids=np.concatenate([last["prompt_ids"], last["completion_ids"]]),  # type: ignore[list-item]
+            spans=[(t["prompt_ids"].size, t) for t in turns],  # type: ignore[union-attr]
+            has_teacher=all(t["teacher_logprobs"] is not None for t in turns),
+            episode_id=episode_id,
+            turn_index=-1,
+        )
+    ]
 
 
 def pad_rows(rows: Sequence[Row], pad_id: int = 0) -> TokenBatch:
-    """Right-pad rows to the longest one: (B, T) tensors, padding masked out everywhere."""
+    """Right-pad rows to the longest one: (B, T) tensors, padding masked out everywhere.
+
+    Off the completion spans: loss mask 0, log-probs 0, weights 1 (0 on padding).
+    """
     B = len(rows)
     T = max((r.ids.size for r in rows), default=0)
     ids = np.full((B, T), pad_id, np.int64)
@@ -145,10 +125,15 @@ def pad_rows(rows: Sequence[Row], pad_id: int = 0) -> TokenBatch:
         L = r.ids.size
         ids[b, :L] = r.ids
         attn[b, :L] = 1
-        mask[b, :L] = r.loss_mask
-        samp[b, :L] = r.sampler
-        teach[b, :L] = r.teacher
-        weights[b, :L] = r.weights
+        weights[b, :L] = 1.0
+        for offset, t in r.spans:
+            span = slice(offset, offset + t["completion_ids"].size)  # type: ignore[union-attr]
+            mask[b, span] = t["loss_mask"]
+            samp[b, span] = t["sampler_logprobs"]
+            if t["teacher_logprobs"] is not None:
+                teach[b, span] = t["teacher_logprobs"]
+            if t["token_weights"] is not None:
+                weights[b, span] = t["token_weights"]
     return TokenBatch(
         input_ids_BT=torch.from_numpy(ids),
         attention_mask_BT=torch.from_numpy(attn),

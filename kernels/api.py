@@ -206,23 +206,27 @@ class _FusedLinearDistill(torch.autograd.Function):
             hidden, head, teacher, weights, rows, cfg, _row_fn(cfg.backend), need_dx, need_dw
         )
         ctx.teacher, ctx.rows, ctx.cfg = teacher, rows, cfg
-        ctx.save_for_backward(hidden, head, weights, res.grad_hidden, res.grad_head)
+        # dW is kept as a plain attribute (not a saved tensor) so that backward owns it alone,
+        # scales it in place and hands it to autograd without a (V, H) copy
+        ctx.grad_head = res.grad_head
+        ctx.save_for_backward(hidden, head, weights, res.grad_hidden)
         ctx.mark_non_differentiable(res.entropy)
         return res.loss, res.entropy
 
     @staticmethod
     def backward(ctx: Any, g_loss: torch.Tensor, _g_ent: torch.Tensor) -> tuple[Any, ...]:
-        hidden, head, weights, dx_unit, dw_unit = ctx.saved_tensors
+        hidden, head, weights, dx_unit = ctx.saved_tensors
         g = g_loss.to(weights.dtype)
         dx = dw = None
         if dx_unit is not None:
             dx = (dx_unit * g.unsqueeze(-1)).to(hidden.dtype)
-        if dw_unit is not None:
+        if ctx.needs_input_grad[1]:
+            dw_unit, ctx.grad_head = ctx.grad_head, None
             g_kept = g if ctx.rows is None else g.index_select(0, ctx.rows)
-            if g_kept.numel() == 0 or bool((g_kept == g_kept[0]).all()):
-                scale = g_kept[0] if g_kept.numel() else 0.0
-                dw = (dw_unit * scale).to(head.dtype)
-            else:  # non-uniform upstream gradient: recompute dW with weights w_t * g_t
+            uniform = g_kept.numel() == 0 or bool((g_kept == g_kept[0]).all())
+            if dw_unit is not None and uniform:
+                dw = dw_unit.mul_(g_kept[0] if g_kept.numel() else 0.0).to(head.dtype)
+            else:  # non-uniform upstream gradient (or a second backward): recompute dW
                 res = fused_linear_pass(
                     hidden, head, ctx.teacher, weights * g, ctx.rows, ctx.cfg,
                     _row_fn(ctx.cfg.backend), need_dx=False, need_dw=True,

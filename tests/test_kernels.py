@@ -354,3 +354,14 @@ def test_importance_weighted_k3_gradient_is_rho_l():
     torch.testing.assert_close(grad, rho * (logp_s.detach() - logp_t))
     assert (val >= 0).all()
     assert k3(logp_t, logp_t).abs().max() == 0
+
+
+def test_second_backward_recomputes_head_grad():
+    """The precomputed dW is handed to autograd once; a retained second backward recomputes it."""
+    hs, ws, ht, wt, weights, _ = _problem(n=8, v=120, seed=13)
+    w = ws.clone().requires_grad_()
+    loss = distill_loss(hs, w, TeacherHidden(ht, wt), weights=weights, reduction="mean")
+    loss.backward(retain_graph=True)
+    first = w.grad.clone()
+    loss.backward()
+    torch.testing.assert_close(w.grad, 2 * first, rtol=1e-5, atol=1e-7)

@@ -120,10 +120,11 @@ def load_any_model(name: str, dtype: torch.dtype = torch.float32) -> tuple[Any, 
     return load_model(name, dtype=dtype)
 
 
-def build_policy(cfg: TrainConfig) -> tuple[Any, Any]:
-    """The trained policy: the student model, LoRA-wrapped (PEFT) or fully trainable."""
+def build_policy(cfg: TrainConfig, base: tuple[Any, Any] | None = None) -> tuple[Any, Any]:
+    """The trained policy: the student model (``base`` or ``cfg.model``), LoRA-wrapped (PEFT,
+    which injects its layers into the base model in place) or fully trainable."""
     dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
-    model, tokenizer = load_any_model(cfg.model, dtype)
+    model, tokenizer = base if base is not None else load_any_model(cfg.model, dtype)
     if hasattr(model, "merge_and_unload"):  # a LoRA checkpoint as the student: fold it in
         model = model.merge_and_unload()
     if cfg.finetune == "lora":
@@ -363,7 +364,8 @@ def episode_stats(episodes: list[Any]) -> dict[str, float]:
 def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainResult:
     """Train ``cfg.method`` on ``cfg.env``; resume from the last checkpoint with ``cfg.resume``.
 
-    ``policy`` optionally passes an already-loaded ``(model, tokenizer)`` (tests, notebooks).
+    ``policy`` optionally passes an already-loaded ``(model, tokenizer)`` (tests, notebooks); it
+    is trained in place (LoRA layers are injected into it when ``finetune == "lora"``).
     """
     import envs
     from agents.backends import make_backend
@@ -381,7 +383,7 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_yaml(cfg, run_dir / "config.yaml")
 
-    model, tokenizer = policy if policy is not None else build_policy(cfg)
+    model, tokenizer = build_policy(cfg, policy)
     device = _device()
     model.to(device)
     renderer_factory, family = make_renderer_factory(cfg.env, tokenizer, cfg.env_kwargs)

@@ -73,12 +73,30 @@ DISTRACTOR_EXAM: dict[str, str] = {
     "mental_state": "slightly irritable about the wait, otherwise euthymic",
 }
 _BASE_HISTORY_P: dict[str, float] = {
-    "hypertension": 0.25, "diabetes": 0.12, "hypercholesterolemia": 0.2, "smoking": 0.2,
-    "obesity": 0.15, "family_history_cad": 0.1, "heart_failure": 0.05, "prior_stroke_tia": 0.05,
-    "vascular_disease": 0.06, "prior_dvt_pe": 0.04, "malignancy": 0.04, "recent_surgery": 0.05,
-    "asthma": 0.08, "renal_impairment": 0.06, "peptic_ulcer": 0.05,
+    "hypertension": 0.25,
+    "diabetes": 0.12,
+    "hypercholesterolemia": 0.2,
+    "smoking": 0.2,
+    "obesity": 0.15,
+    "family_history_cad": 0.1,
+    "heart_failure": 0.05,
+    "prior_stroke_tia": 0.05,
+    "vascular_disease": 0.06,
+    "prior_dvt_pe": 0.04,
+    "malignancy": 0.04,
+    "recent_surgery": 0.05,
+    "asthma": 0.08,
+    "renal_impairment": 0.06,
+    "peptic_ulcer": 0.05,
 }
-_HEART_RISK_FLAGS = ("hypertension", "hypercholesterolemia", "diabetes", "obesity", "smoking", "family_history_cad")
+_HEART_RISK_FLAGS = (
+    "hypertension",
+    "hypercholesterolemia",
+    "diabetes",
+    "obesity",
+    "smoking",
+    "family_history_cad",
+)
 
 
 @dataclass(frozen=True)
@@ -126,8 +144,12 @@ def triage_level(vitals: dict[str, float], gcs: int, category: int) -> int:
     if vitals["spo2"] < 85 or vitals["sbp"] < 80 or vitals["rr"] < 10 or gcs <= 8:
         level = 1
     elif (
-        vitals["hr"] > 130 or vitals["rr"] > 30 or vitals["spo2"] < 92 or vitals["sbp"] < 90
-        or gcs < 15 or vitals["temp"] >= 40.0
+        vitals["hr"] > 130
+        or vitals["rr"] > 30
+        or vitals["spo2"] < 92
+        or vitals["sbp"] < 90
+        or gcs < 15
+        or vitals["temp"] >= 40.0
     ):
         level = 2
     else:
@@ -172,7 +194,9 @@ def ecg_category(result: str) -> str:
     return "normal"
 
 
-def score_inputs(kb: KnowledgeBase, case_record: PatientRecord, score: str, suspected: str | None) -> dict[str, Any]:
+def score_inputs(
+    kb: KnowledgeBase, case_record: PatientRecord, score: str, suspected: str | None
+) -> dict[str, Any]:
     """The inputs of ``score`` as they follow from the record (what a careful agent would enter)."""
     r = case_record
     v = r.vitals
@@ -180,44 +204,74 @@ def score_inputs(kb: KnowledgeBase, case_record: PatientRecord, score: str, susp
     cond = kb.conditions[r.condition]
     symptoms = " | ".join(r.symptoms)
     if score == "curb65":
-        return {"confusion": r.gcs < 15, "urea_mmol_l": r.labs["urea"], "resp_rate": int(v["rr"]),
-                "sbp": int(v["sbp"]), "dbp": int(v["dbp"]), "age": r.age}
+        return {
+            "confusion": r.gcs < 15,
+            "urea_mmol_l": r.labs["urea"],
+            "resp_rate": int(v["rr"]),
+            "sbp": int(v["sbp"]),
+            "dbp": int(v["dbp"]),
+            "age": r.age,
+        }
     if score == "qsofa":
         return {"resp_rate": int(v["rr"]), "sbp": int(v["sbp"]), "altered_mentation": r.gcs < 15}
     if score == "cha2ds2_vasc":
-        return {"chf": "heart_failure" in h, "hypertension": "hypertension" in h, "age": r.age,
-                "diabetes": "diabetes" in h, "stroke_tia": "prior_stroke_tia" in h,
-                "vascular_disease": "vascular_disease" in h, "female": r.sex == "F"}
+        return {
+            "chf": "heart_failure" in h,
+            "hypertension": "hypertension" in h,
+            "age": r.age,
+            "diabetes": "diabetes" in h,
+            "stroke_tia": "prior_stroke_tia" in h,
+            "vascular_disease": "vascular_disease" in h,
+            "female": r.sex == "F",
+        }
     if score == "wells_pe":
-        return {"dvt_signs": "unilateral calf swelling" in r.exam.get("musculoskeletal", ""),
-                "pe_most_likely": suspected == "pulmonary_embolism", "heart_rate": int(v["hr"]),
-                "immobilization_or_surgery": "recent_surgery" in h, "previous_dvt_pe": "prior_dvt_pe" in h,
-                "hemoptysis": "coughing up blood" in symptoms, "malignancy": "malignancy" in h}
+        return {
+            "dvt_signs": "unilateral calf swelling" in r.exam.get("musculoskeletal", ""),
+            "pe_most_likely": suspected == "pulmonary_embolism",
+            "heart_rate": int(v["hr"]),
+            "immobilization_or_surgery": "recent_surgery" in h,
+            "previous_dvt_pe": "prior_dvt_pe" in h,
+            "hemoptysis": "coughing up blood" in symptoms,
+            "malignancy": "malignancy" in h,
+        }
     if score == "heart":
-        return {"history": r.heart_history or "slightly",
-                "ecg": ecg_category(kb.test_result_for(cond, "ecg")), "age": r.age,
-                "risk_factors": sum(f in h for f in _HEART_RISK_FLAGS),
-                "atherosclerotic_disease": "vascular_disease" in h or "prior_stroke_tia" in h,
-                "troponin_ng_l": r.labs["troponin"]}
+        return {
+            "history": r.heart_history or "slightly",
+            "ecg": ecg_category(kb.test_result_for(cond, "ecg")),
+            "age": r.age,
+            "risk_factors": sum(f in h for f in _HEART_RISK_FLAGS),
+            "atherosclerotic_disease": "vascular_disease" in h or "prior_stroke_tia" in h,
+            "troponin_ng_l": r.labs["troponin"],
+        }
     if score == "centor":
         ent = r.exam.get("ent", "")
-        return {"age": r.age, "tonsillar_exudate": "tonsillar exudate" in ent,
-                "tender_anterior_nodes": "tender anterior cervical lymph nodes" in ent,
-                "fever": v["temp"] > 38.0, "cough_absent": "cough" not in symptoms}
+        return {
+            "age": r.age,
+            "tonsillar_exudate": "tonsillar exudate" in ent,
+            "tender_anterior_nodes": "tender anterior cervical lymph nodes" in ent,
+            "fever": v["temp"] > 38.0,
+            "cough_absent": "cough" not in symptoms,
+        }
     if score == "alvarado":
         abd = r.exam.get("abdominal", "")
-        return {"migration": "pain migrating to the right iliac fossa" in symptoms,
-                "anorexia": "loss of appetite" in symptoms,
-                "nausea_vomiting": "nausea" in symptoms or "vomiting" in symptoms,
-                "rlq_tenderness": "right iliac fossa tenderness" in abd, "rebound": "rebound tenderness" in abd,
-                "fever": v["temp"] >= 37.3, "leukocytosis": r.labs["wbc"] > 10.0,
-                "left_shift": r.labs["neutrophils"] > 75.0}
+        return {
+            "migration": "pain migrating to the right iliac fossa" in symptoms,
+            "anorexia": "loss of appetite" in symptoms,
+            "nausea_vomiting": "nausea" in symptoms or "vomiting" in symptoms,
+            "rlq_tenderness": "right iliac fossa tenderness" in abd,
+            "rebound": "rebound tenderness" in abd,
+            "fever": v["temp"] >= 37.3,
+            "leukocytosis": r.labs["wbc"] > 10.0,
+            "left_shift": r.labs["neutrophils"] > 75.0,
+        }
     raise KeyError(score)
 
 
 # --------------------------------------------------------------------------- answer parsing
 
-_PREFIXES = re.compile(r"^(?:the )?(?:most likely |final |working )?(?:diagnosis|answer|dx)(?: is)?:?\s*")
+_PREFIXES = re.compile(
+    r"^(?:the )?(?:most likely |final |working )?(?:diagnosis|answer|dx)(?: is)?:?\s*"
+)
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _TRIAGE = re.compile(r"(?<![\d.])([1-5])(?![\d.])")
 
@@ -263,7 +317,14 @@ def parse_triage(answer: str) -> int | None:
 
 
 _SCORE_LABELS = re.compile(
-    "|".join(re.escape(x) for x in sorted({*(s.label for s in SCORES.values()), *SCORES, "CURB65", "CHA2DS2"}, key=len, reverse=True)),
+    "|".join(
+        re.escape(x)
+        for x in sorted(
+            {*(s.label for s in SCORES.values()), *SCORES, "CURB65", "CHA2DS2"},
+            key=len,
+            reverse=True,
+        )
+    ),
     re.IGNORECASE,
 )
 
@@ -314,14 +375,21 @@ def _sample_record(
     sex = cond.sex if cond.sex != "any" else ("F" if rng.random() < 0.5 else "M")
     keep_p = (0.85, 0.7, 0.55)[difficulty]
     symptoms = [cond.symptoms[0]] + [s for s in cond.symptoms[1:] if rng.random() < keep_p]
-    distractors = [DISTRACTOR_SYMPTOMS[i] for i in rng.sample(range(len(DISTRACTOR_SYMPTOMS)), min(difficulty, len(DISTRACTOR_SYMPTOMS)))]
+    distractors = [
+        DISTRACTOR_SYMPTOMS[i]
+        for i in rng.sample(
+            range(len(DISTRACTOR_SYMPTOMS)), min(difficulty, len(DISTRACTOR_SYMPTOMS))
+        )
+    ]
     labs = {}
     for name, analyte in kb.analytes.items():
         lo, hi = cond.labs.get(name, analyte.normal)
         labs[name] = round(_uniform(rng, lo, hi), analyte.decimals)
     n_allergies = int(rng.random() < 0.25)
     groups = sorted(kb.allergy_groups)
-    allergies = tuple(groups[i] for i in rng.sample(range(len(groups)), min(n_allergies, len(groups))))
+    allergies = tuple(
+        groups[i] for i in rng.sample(range(len(groups)), min(n_allergies, len(groups)))
+    )
     n_meds = int(rng.randrange(0, 3))
     pool = kb.medication_pool
     meds = tuple(sorted(pool[i] for i in rng.sample(range(len(pool)), min(n_meds, len(pool)))))
@@ -339,7 +407,11 @@ def _sample_record(
         allergies=allergies,
         medications=meds,
         labs=labs,
-        heart_history=(cond.heart_history[int(rng.randrange(len(cond.heart_history)))] if cond.heart_history else ""),
+        heart_history=(
+            cond.heart_history[int(rng.randrange(len(cond.heart_history)))]
+            if cond.heart_history
+            else ""
+        ),
     )
 
 
@@ -372,14 +444,20 @@ def _treatment_record(
     from dataclasses import replace
 
     if rng.random() < 0.7:
-        target = cond.treatment[0] if rng.random() < 0.75 else cond.treatment[int(rng.randrange(len(cond.treatment)))]
+        target = (
+            cond.treatment[0]
+            if rng.random() < 0.75
+            else cond.treatment[int(rng.randrange(len(cond.treatment)))]
+        )
         options = _hazards(kb, record, target)
         if options:
             candidate = replace(record, **options[int(rng.randrange(len(options)))])
             if _safe_drugs(kb, candidate, cond):
                 record = candidate
     if not _safe_drugs(kb, record, cond):  # the random background made every option unsafe
-        record = replace(record, allergies=(), medications=(), history=frozenset(), pregnant=cond.pregnant)
+        record = replace(
+            record, allergies=(), medications=(), history=frozenset(), pregnant=cond.pregnant
+        )
     return record
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, ClassVar
 
 import numpy as np
@@ -41,9 +41,15 @@ from envs.clinical.cases import (
     parse_number,
     parse_triage,
     score_inputs,
-    triage_level,
 )
-from envs.clinical.knowledge import EXAM_SYSTEMS, HISTORY_FLAGS, Condition, KnowledgeBase, load_knowledge, normalize
+from envs.clinical.knowledge import (
+    EXAM_SYSTEMS,
+    HISTORY_FLAGS,
+    Condition,
+    KnowledgeBase,
+    load_knowledge,
+    normalize,
+)
 from envs.clinical.scores import SCORES, ScoreInputError, call_score
 from envs.clinical.tools import ArgumentValidator, ToolCallError, build_schemas, parse_tool_call
 
@@ -65,9 +71,30 @@ _TOPIC_KEYWORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("allergies", ("allerg",)),
     ("medications", ("medication", "medicine", "tablet", "pill", "taking", "prescri", "drugs")),
     ("pregnancy", ("pregnan", "period", "menstru")),
-    ("history", ("history", "past", "condition", "illness", "smok", "diabetes", "blood pressure",
-                 "cholesterol", "surgery", "operation", "cancer", "family", "risk", "kidney",
-                 "stroke", "clot", "heart failure", "asthma", "ulcer")),
+    (
+        "history",
+        (
+            "history",
+            "past",
+            "condition",
+            "illness",
+            "smok",
+            "diabetes",
+            "blood pressure",
+            "cholesterol",
+            "surgery",
+            "operation",
+            "cancer",
+            "family",
+            "risk",
+            "kidney",
+            "stroke",
+            "clot",
+            "heart failure",
+            "asthma",
+            "ulcer",
+        ),
+    ),
     ("onset", ("when", "start", "how long", "onset", "began", "duration", "since")),
     ("pain", ("pain", "hurt", "describe", "radiat", "ache")),
 )
@@ -132,11 +159,14 @@ class ClinicalEnv(TextEnv):
         super().__init__(render_mode, expose_privileged=expose_privileged, difficulty=difficulty)
         kinds = tuple(task_kinds)
         if not kinds or any(k not in TASK_KINDS for k in kinds):
-            raise InvalidOptionError(f"task_kinds must be a non-empty subset of {TASK_KINDS}, got {kinds}")
+            raise InvalidOptionError(
+                f"task_kinds must be a non-empty subset of {TASK_KINDS}, got {kinds}"
+            )
         self.task_kinds = kinds
         self.kb: KnowledgeBase = load_knowledge()
         self.case: Case | None = None
         self._validate_difficulty(self.difficulty)
+        _schemas()  # build the tool schemas now (imports transformers once) rather than in reset()
 
     # ------------------------------------------------------------------ TextEnv hooks
 
@@ -148,14 +178,16 @@ class ClinicalEnv(TextEnv):
             return DIFFICULTIES[difficulty]
         if isinstance(difficulty, (int, np.integer)) and 0 <= int(difficulty) <= 2:
             return int(difficulty)
-        raise InvalidOptionError(f"difficulty must be 0..2 or one of {list(DIFFICULTIES)}, got {difficulty!r}")
+        raise InvalidOptionError(
+            f"difficulty must be 0..2 or one of {list(DIFFICULTIES)}, got {difficulty!r}"
+        )
 
     @property
     def task_type(self) -> str:
         return self.case.kind if self.case is not None else ""
 
     def tool_schemas(self) -> list[dict[str, Any]]:
-        return _schemas()
+        return list(_schemas())
 
     def _setup(self, task_id: str, rng: np.random.Generator, difficulty: Any) -> str:
         split, _ = parse_task_id(task_id)
@@ -215,7 +247,9 @@ class ClinicalEnv(TextEnv):
         """
         name = self.kb.resolve_test(test)
         if name is None:
-            raise ToolCallError(f"unknown test {test!r}; available tests: {', '.join(_test_names(self.kb))}")
+            raise ToolCallError(
+                f"unknown test {test!r}; available tests: {', '.join(_test_names(self.kb))}"
+            )
         self._done.add(f"test:{name}")
         return f"{name}: {_test_result(self.kb, self._case, name)}."
 
@@ -232,7 +266,11 @@ class ClinicalEnv(TextEnv):
         cond = self.kb.conditions[self._case.suspected] if self._case.suspected else None
         violations, cautions = drug_safety(self.kb, self._case.record, name, cond)
         head = f"{name} ({self.kb.drugs[name].drug_class}): "
-        text = ("NOT SAFE - " + "; ".join(violations)) if violations else "no allergy, major interaction or contraindication found"
+        text = (
+            ("NOT SAFE - " + "; ".join(violations))
+            if violations
+            else "no allergy, major interaction or contraindication found"
+        )
         if cautions:
             text += "; caution: " + "; ".join(cautions)
         return head + text + "."
@@ -278,20 +316,42 @@ class ClinicalEnv(TextEnv):
             raise InvalidOptionError("call reset() first")
         return self.case
 
+    def _suspected_cond(self) -> Condition:
+        """The condition named in the referral (triage, score and treatment cases)."""
+        if self._case.suspected is None:
+            raise InvalidOptionError(f"a {self._case.kind} case names no condition")
+        return self.kb.conditions[self._case.suspected]
+
+    def _score_name(self) -> str:
+        if self._case.score is None:
+            raise InvalidOptionError(f"a {self._case.kind} case has no score")
+        return self._case.score
+
     def _submit(self, answer: str) -> StepOutcome:
         case = self._case
         if not answer.strip():
             raise ToolCallError("the answer is empty")
-        if not any(k.split(":")[0] in ("ask", "vitals", "exam", "test", "drug") for k in self._done):
-            raise ToolCallError("no evidence gathered yet: use ask_patient, measure_vitals, examine or order_test before submitting")
+        if not any(
+            k.split(":")[0] in ("ask", "vitals", "exam", "test", "drug") for k in self._done
+        ):
+            raise ToolCallError(
+                "no evidence gathered yet: use ask_patient, measure_vitals, examine or order_test before submitting"
+            )
         correct, safe, note = self._grade(case, answer)
         process = self._process()
         total = correct * (1.0 if safe else SAFETY_CAP)
         self._submitted = answer
-        self._breakdown = {"correct": float(correct), "safety": float(safe), "process": process, "total": total}
+        self._breakdown = {
+            "correct": float(correct),
+            "safety": float(safe),
+            "process": process,
+            "total": total,
+        }
         verdict = "correct" if total == 1.0 else ("unsafe" if not safe else "incorrect")
         obs = f"Answer recorded: {answer.strip()}. The case is closed ({verdict}).{note}"
-        return StepOutcome(obs, reward=total, terminated=True, won=total == 1.0, reward_breakdown=self._breakdown)
+        return StepOutcome(
+            obs, reward=total, terminated=True, won=total == 1.0, reward_breakdown=self._breakdown
+        )
 
     def _grade(self, case: Case, answer: str) -> tuple[float, bool, str]:
         """``(correct, safe, note)``; raises :class:`ToolCallError` for unreadable answers."""
@@ -299,7 +359,8 @@ class ClinicalEnv(TextEnv):
             found = match_conditions(self.kb, answer)
             if len(found) != 1:
                 raise ToolCallError(
-                    "the answer names no known condition; submit one diagnosis such as 'pneumonia'" if not found
+                    "the answer names no known condition; submit one diagnosis such as 'pneumonia'"
+                    if not found
                     else f"submit exactly one diagnosis (the answer names {len(found)} conditions)"
                 )
             return float(found[0] == case.answer), True, ""
@@ -312,12 +373,14 @@ class ClinicalEnv(TextEnv):
             value = parse_number(answer)
             if value is None:
                 raise ToolCallError("submit the score as a number")
-            tol = SCORES[case.score].tolerance
+            tol = SCORES[self._score_name()].tolerance
             return float(abs(value - case.answer) <= tol + 1e-9), True, ""
         drugs = match_drugs(self.kb, answer)
         if len(drugs) != 1:
-            raise ToolCallError("submit exactly one known drug name" + (f" (found {drugs})" if drugs else ""))
-        cond = self.kb.conditions[case.suspected]
+            raise ToolCallError(
+                "submit exactly one known drug name" + (f" (found {drugs})" if drugs else "")
+            )
+        cond = self._suspected_cond()
         violations, _ = drug_safety(self.kb, case.record, drugs[0], cond)
         note = f" Safety violation: {'; '.join(violations)}." if violations else ""
         return float(drugs[0] in cond.treatment), not violations, note
@@ -336,10 +399,10 @@ class ClinicalEnv(TextEnv):
         if case.kind == "diagnosis":
             return self._diagnosis_keys()
         if case.kind == "triage":
-            return ["vitals", "exam:neurological", f"search:{self.kb.conditions[case.suspected].name}"]
+            return ["vitals", "exam:neurological", f"search:{self._suspected_cond().name}"]
         if case.kind == "score":
-            return [*_SCORE_SOURCES[case.score], f"score:{case.score}"]
-        cond = self.kb.conditions[case.suspected]
+            return [*_SCORE_SOURCES[self._score_name()], f"score:{case.score}"]
+        cond = self._suspected_cond()
         keys = ["ask:allergies", "ask:medications", "ask:history", f"search:{cond.name}"]
         for drug in cond.treatment:
             keys.append(f"drug:{drug}")
@@ -351,7 +414,9 @@ class ClinicalEnv(TextEnv):
         """Vitals, the most telling exam for the complaint, then tests by candidate elimination."""
         record = self._case.record
         system, relevant = _complaint_profile(record.complaint)
-        ordered = frozenset(k[5:] for k in self._done if k.startswith("test:") and k[5:] in relevant)
+        ordered = frozenset(
+            k[5:] for k in self._done if k.startswith("test:") and k[5:] in relevant
+        )
         tests = _elimination(record.complaint, record.condition, ordered)
         return ["vitals", f"exam:{system}", *(f"test:{t}" for t in tests)]
 
@@ -366,12 +431,18 @@ class ClinicalEnv(TextEnv):
         if self.ended:
             return []
         case = self._case
-        actions = [_key_action(k) for k in self._required() if k not in self._done and not k.startswith("score:")]
+        actions = [
+            _key_action(k)
+            for k in self._required()
+            if k not in self._done and not k.startswith("score:")
+        ]
         if case.kind == "score":
             if f"score:{case.score}" not in self._done:
-                inputs = score_inputs(self.kb, case.record, case.score, case.suspected)
+                inputs = score_inputs(self.kb, case.record, self._score_name(), case.suspected)
                 actions.append(_call("compute_score", score=case.score, inputs=inputs))
-        answer = self.kb.conditions[case.answer].name if case.kind == "diagnosis" else case.answer_text
+        answer = (
+            self.kb.conditions[case.answer].name if case.kind == "diagnosis" else case.answer_text
+        )
         actions.append(_call("submit_answer", answer=answer))
         return actions
 
@@ -382,22 +453,35 @@ class ClinicalEnv(TextEnv):
         for key in self._required():
             if key not in self._done and not key.startswith("score:"):
                 return _key_action(key)
-        return self.plan()[-2 if self._case.kind == "score" and f"score:{self._case.score}" not in self._done else -1]
+        return self.plan()[
+            -2
+            if self._case.kind == "score" and f"score:{self._case.score}" not in self._done
+            else -1
+        ]
 
     def _reason(self) -> str:
         case, kb = self._case, self.kb
         cond = kb.conditions[case.record.condition]
         if case.kind == "diagnosis":
             found = "; ".join(f"{t} showed {r}" for t, r in cond.tests.items())
-            return found or f"all tests were normal and the history ({', '.join(cond.symptoms[:2])}) fits"
+            return (
+                found
+                or f"all tests were normal and the history ({', '.join(cond.symptoms[:2])}) fits"
+            )
         if case.kind == "triage":
             return f"the vital signs and GCS combined with the triage category {cond.triage} of {cond.name} give level {case.answer}"
         if case.kind == "score":
-            inputs = score_inputs(kb, case.record, case.score, case.suspected)
-            return f"{SCORES[case.score].label} with inputs {json.dumps(inputs)} is {case.answer_text}"
-        unsafe = {d: drug_safety(kb, case.record, d, cond)[0] for d in cond.treatment if d not in case.safe_drugs}
+            inputs = score_inputs(kb, case.record, self._score_name(), case.suspected)
+            return f"{SCORES[self._score_name()].label} with inputs {json.dumps(inputs)} is {case.answer_text}"
+        unsafe = {
+            d: drug_safety(kb, case.record, d, cond)[0]
+            for d in cond.treatment
+            if d not in case.safe_drugs
+        }
         why = "; ".join(f"{d} is unsafe ({', '.join(v)})" for d, v in unsafe.items())
-        return f"{case.answer} is the first safe first-line drug for {cond.name}" + (f"; {why}" if why else "")
+        return f"{case.answer} is the first safe first-line drug for {cond.name}" + (
+            f"; {why}" if why else ""
+        )
 
     def _hint(self) -> str:
         case, kb = self._case, self.kb
@@ -407,10 +491,12 @@ class ClinicalEnv(TextEnv):
                 return f"Order the {next(iter(cond.tests)).replace('_', ' ')}; it is decisive in this case."
             return "No test will be abnormal here; the history decides."
         if case.kind == "triage":
-            return f"Measure the vitals and the GCS, then look up the triage category of {cond.name}."
+            return (
+                f"Measure the vitals and the GCS, then look up the triage category of {cond.name}."
+            )
         if case.kind == "score":
-            sources = ", ".join(_SCORE_SOURCES[case.score])
-            return f"Gather the {SCORES[case.score].label} inputs from {sources} before computing it."
+            sources = ", ".join(_SCORE_SOURCES[self._score_name()])
+            return f"Gather the {SCORES[self._score_name()].label} inputs from {sources} before computing it."
         first = cond.treatment[0]
         if first not in case.safe_drugs:
             return f"{first} is not safe for this patient; check the alternatives with check_drug."
@@ -439,7 +525,11 @@ class ClinicalEnv(TextEnv):
     def _subgoal(action: str) -> str:
         call = json.loads(action)
         args = call["arguments"]
-        return f"{call['name']}({', '.join(f'{k}={v!r}' for k, v in args.items())})" if args else call["name"]
+        return (
+            f"{call['name']}({', '.join(f'{k}={v!r}' for k, v in args.items())})"
+            if args
+            else call["name"]
+        )
 
     def _rubric(self) -> str:
         case = self._case
@@ -449,7 +539,7 @@ class ClinicalEnv(TextEnv):
         if case.kind == "triage":
             return f"1.0 for exactly triage level {case.answer}; else 0."
         if case.kind == "score":
-            return f"1.0 if the submitted {SCORES[case.score].label} is within {SCORES[case.score].tolerance:g} of {case.answer_text}; else 0."
+            return f"1.0 if the submitted {SCORES[self._score_name()].label} is within {SCORES[self._score_name()].tolerance:g} of {case.answer_text}; else 0."
         return (
             f"1.0 for a safe first-line drug ({', '.join(case.safe_drugs)}); a first-line drug that is unsafe for this "
             f"patient is capped at {SAFETY_CAP}; any other drug 0."
@@ -464,7 +554,11 @@ class ClinicalEnv(TextEnv):
         if self._submitted is None:
             return super()._outcome()
         b = self._breakdown
-        verdict = "correct" if b["total"] == 1.0 else ("correct but unsafe" if b["correct"] and not b["safety"] else "wrong")
+        verdict = (
+            "correct"
+            if b["total"] == 1.0
+            else ("correct but unsafe" if b["correct"] and not b["safety"] else "wrong")
+        )
         return f"The agent submitted '{self._submitted.strip()}', which was {verdict}; the expected answer was {self._case.answer_text}."
 
     # ------------------------------------------------------------------ text
@@ -474,13 +568,21 @@ class ClinicalEnv(TextEnv):
         r = case.record
         who = "woman" if r.sex == "F" else "man"
         article = "an" if str(r.age).startswith("8") or r.age in (11, 18) else "a"
-        lines = [f"Case {self.task_id}: {article} {r.age}-year-old {who} presents to the emergency department with {r.complaint}."]
+        lines = [
+            f"Case {self.task_id}: {article} {r.age}-year-old {who} presents to the emergency department with {r.complaint}."
+        ]
         if case.suspected is not None:
-            name = self.kb.conditions[case.suspected].name
+            name = self._suspected_cond().name
             lines.append(
-                f"The diagnosis of {name} has been confirmed." if case.kind == "treatment" else f"Referral note: suspected {name}."
+                f"The diagnosis of {name} has been confirmed."
+                if case.kind == "treatment"
+                else f"Referral note: suspected {name}."
             )
-        lines.append(_TASK_TEXT[case.kind].format(score=SCORES[case.score].label if case.score else ""))
+        lines.append(
+            _TASK_TEXT[case.kind].format(
+                score=SCORES[self._score_name()].label if case.score else ""
+            )
+        )
         lines.append("Use one tool call per turn; every call costs a turn.")
         return "\n".join(lines)
 
@@ -514,8 +616,14 @@ def _validator() -> ArgumentValidator:
 
 
 _TOOL_NAMES = (
-    "ask_patient", "measure_vitals", "examine", "order_test", "check_drug",
-    "compute_score", "search_knowledge", "submit_answer",
+    "ask_patient",
+    "measure_vitals",
+    "examine",
+    "order_test",
+    "check_drug",
+    "compute_score",
+    "search_knowledge",
+    "submit_answer",
 )
 
 
@@ -551,9 +659,17 @@ def _answer_question(kb: KnowledgeBase, case: Case, topic: str) -> str:
     if topic == "allergies":
         if not r.allergies:
             return "No known drug allergies."
-        return "Allergies: " + "; ".join(f"{a} (reaction: {kb.allergy_groups[a]['reaction']})" for a in r.allergies) + "."
+        return (
+            "Allergies: "
+            + "; ".join(f"{a} (reaction: {kb.allergy_groups[a]['reaction']})" for a in r.allergies)
+            + "."
+        )
     if topic == "medications":
-        return ("Current medications: " + ", ".join(r.medications) + ".") if r.medications else "No regular medications."
+        return (
+            ("Current medications: " + ", ".join(r.medications) + ".")
+            if r.medications
+            else "No regular medications."
+        )
     if topic == "pregnancy":
         if r.sex == "M":
             return "Not applicable (male patient)."
@@ -562,7 +678,11 @@ def _answer_question(kb: KnowledgeBase, case: Case, topic: str) -> str:
         items = [HISTORY_FLAGS[f] for f in HISTORY_FLAGS if f in r.history]
         if r.pregnant:
             items.append("currently pregnant")
-        return ("Past medical and social history: " + "; ".join(items) + ".") if items else "No significant past medical history."
+        return (
+            ("Past medical and social history: " + "; ".join(items) + ".")
+            if items
+            else "No significant past medical history."
+        )
     if topic == "onset":
         return f"It started about {cond.onset} ago."
     if topic == "pain":
@@ -570,12 +690,19 @@ def _answer_question(kb: KnowledgeBase, case: Case, topic: str) -> str:
             extra = f" (HEART history: {r.heart_history} suspicious)" if r.heart_history else ""
             return f"The patient describes {cond.pain}{extra}."
         painful = [s for s in r.symptoms if "pain" in s or "ache" in s]
-        return ("The patient reports: " + "; ".join(painful) + ".") if painful else "The patient reports no pain."
+        return (
+            ("The patient reports: " + "; ".join(painful) + ".")
+            if painful
+            else "The patient reports no pain."
+        )
     return "The patient reports: " + "; ".join(r.symptoms) + "."
 
 
 def _describe_condition(kb: KnowledgeBase, cond: Condition) -> str:
-    tests = "; ".join(f"{t} -> {r}" for t, r in cond.tests.items()) or "none (clinical diagnosis; tests are normal)"
+    tests = (
+        "; ".join(f"{t} -> {r}" for t, r in cond.tests.items())
+        or "none (clinical diagnosis; tests are normal)"
+    )
     exam = "; ".join(f"{s}: {', '.join(f)}" for s, f in cond.exam.items())
     avoid = ", ".join(cond.contraindicated) or "nothing specific"
     return (
@@ -619,11 +746,16 @@ def _search(kb: KnowledgeBase, query: str) -> tuple[str, list[str]]:
         return " ".join(_describe_drug(kb, d) for d in drugs[:3]), []
     test = kb.resolve_test(query)
     if test is not None:
-        return f"{test}: normal result is '{kb.text_tests.get(test, 'within the reference ranges')}'.", []
+        return (
+            f"{test}: normal result is '{kb.text_tests.get(test, 'within the reference ranges')}'.",
+            [],
+        )
     words = [w for w in q.split() if len(w) > 3]
     hits = [
-        c.name for c in kb.conditions.values()
-        if words and all(any(w in normalize(t) for t in (*c.complaints, *c.symptoms)) for w in words)
+        c.name
+        for c in kb.conditions.values()
+        if words
+        and all(any(w in normalize(t) for t in (*c.complaints, *c.symptoms)) for w in words)
     ]
     if hits:
         return f"Conditions matching '{query}': " + ", ".join(hits[:12]) + ".", []
@@ -656,10 +788,12 @@ def _case_facts(kb: KnowledgeBase, case: Case) -> list[str]:
 def _best_split(kb: KnowledgeBase, candidates: list[Condition], ordered: set[str]) -> str:
     """The unordered decisive test whose results split ``candidates`` into the most groups."""
     tests = sorted({t for c in candidates for t in c.tests} - ordered)
-    return max(tests, key=lambda t: (len({kb.test_result_for(c, t) for c in candidates}), -tests.index(t)))
+    return max(
+        tests, key=lambda t: (len({kb.test_result_for(c, t) for c in candidates}), -tests.index(t))
+    )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _complaint_profile(complaint: str) -> tuple[str, frozenset[str]]:
     """(exam system most often abnormal, decisive tests) over the conditions with ``complaint``."""
     kb = load_knowledge()
@@ -703,7 +837,7 @@ def _instructions() -> str:
 Tools (call exactly one per turn as JSON {{"name": ..., "arguments": {{...}}}}, optionally inside <tool_call>...</tool_call>; every call costs a turn):
 - ask_patient(question): symptoms, onset, pain, past medical history, medications, allergies, pregnancy.
 - measure_vitals(): temperature, heart rate, respiratory rate, blood pressure, SpO2.
-- examine(system): one of {', '.join(EXAM_SYSTEMS)}. The neurological exam reports the GCS.
+- examine(system): one of {", ".join(EXAM_SYSTEMS)}. The neurological exam reports the GCS.
 - order_test(test): e.g. chest_xray, ecg, full_blood_count, urea_electrolytes, troponin; search_knowledge("tests") lists all.
 - check_drug(drug): checks the drug against the patient's allergies, current medications and contraindications.
 - compute_score(score, inputs): evaluates a clinical score.

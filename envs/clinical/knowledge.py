@@ -202,14 +202,26 @@ class KnowledgeBase:
 
 def _pair(value: Any, where: str) -> tuple[float, float]:
     if not (isinstance(value, list) and len(value) == 2 and value[0] <= value[1]):
-        raise KnowledgeTableError(f"{where}: expected a range [lo, hi] with lo <= hi, got {value!r}")
+        raise KnowledgeTableError(
+            f"{where}: expected a range [lo, hi] with lo <= hi, got {value!r}"
+        )
     return float(value[0]), float(value[1])
 
 
 def _parse_condition(raw: dict[str, Any], kb: KnowledgeBase) -> Condition:
     cid = raw.get("id", "<missing id>")
     where = f"condition {cid!r}"
-    required = ("id", "name", "domain", "synonyms", "complaints", "age", "symptoms", "treatment", "triage")
+    required = (
+        "id",
+        "name",
+        "domain",
+        "synonyms",
+        "complaints",
+        "age",
+        "symptoms",
+        "treatment",
+        "triage",
+    )
     for key in required:
         if not raw.get(key) and raw.get(key) != 0:
             raise KnowledgeTableError(f"{where}: missing or empty field {key!r}")
@@ -329,7 +341,9 @@ def load_knowledge(data_dir: Path = DATA_DIR) -> KnowledgeBase:
         _load_json(data_dir, "conditions.json"),
     )
     analytes = {
-        n: Analyte(n, a["label"], a["unit"], _pair(a["normal"], f"analyte {n!r}"), int(a["decimals"]))
+        n: Analyte(
+            n, a["label"], a["unit"], _pair(a["normal"], f"analyte {n!r}"), int(a["decimals"])
+        )
         for n, a in tests_raw["analytes"].items()
     }
     panels: dict[str, tuple[str, ...]] = {}
@@ -342,12 +356,17 @@ def load_knowledge(data_dir: Path = DATA_DIR) -> KnowledgeBase:
     groups = drugs_raw["allergy_groups"]
     for name, d in drugs_raw["drugs"].items():
         if d.get("allergy_group") is not None and d["allergy_group"] not in groups:
-            raise KnowledgeTableError(f"drug {name!r}: unknown allergy group {d['allergy_group']!r}")
+            raise KnowledgeTableError(
+                f"drug {name!r}: unknown allergy group {d['allergy_group']!r}"
+            )
         for flag in d.get("contraindicated_in", []):
             if flag not in PATIENT_CONTRA_FLAGS:
                 raise KnowledgeTableError(f"drug {name!r}: unknown patient flag {flag!r}")
         drugs[name] = Drug(
-            name, d["class"], d.get("allergy_group"), tuple(d.get("contraindicated_in", ())),
+            name,
+            d["class"],
+            d.get("allergy_group"),
+            tuple(d.get("contraindicated_in", ())),
             tuple(d.get("aliases", ())),
         )
     known_keys = set(drugs) | {d.drug_class for d in drugs.values()}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 __all__ = [
@@ -36,7 +36,9 @@ class ScoreInputError(ValueError):
     """Inputs given to :func:`call_score` are missing, unknown or of the wrong type."""
 
 
-def curb65(confusion: bool, urea_mmol_l: float, resp_rate: int, sbp: int, dbp: int, age: int) -> int:
+def curb65(
+    confusion: bool, urea_mmol_l: float, resp_rate: int, sbp: int, dbp: int, age: int
+) -> int:
     """CURB-65 severity of community-acquired pneumonia, 0..5.
 
     score = [confusion] + [urea > 7 mmol/L] + [RR >= 30] + [SBP < 90 or DBP <= 60] + [age >= 65]
@@ -74,8 +76,13 @@ def cha2ds2_vasc(
     """
     age_points = 2 if age >= 75 else (1 if age >= 65 else 0)
     return (
-        int(chf) + int(hypertension) + age_points + int(diabetes) + 2 * int(stroke_tia)
-        + int(vascular_disease) + int(female)
+        int(chf)
+        + int(hypertension)
+        + age_points
+        + int(diabetes)
+        + 2 * int(stroke_tia)
+        + int(vascular_disease)
+        + int(female)
     )
 
 
@@ -95,8 +102,13 @@ def wells_pe(
             + 1[haemoptysis] + 1[malignancy]
     """
     return (
-        3.0 * dvt_signs + 3.0 * pe_most_likely + 1.5 * (heart_rate > 100)
-        + 1.5 * immobilization_or_surgery + 1.5 * previous_dvt_pe + 1.0 * hemoptysis + 1.0 * malignancy
+        3.0 * dvt_signs
+        + 3.0 * pe_most_likely
+        + 1.5 * (heart_rate > 100)
+        + 1.5 * immobilization_or_surgery
+        + 1.5 * previous_dvt_pe
+        + 1.0 * hemoptysis
+        + 1.0 * malignancy
     )
 
 
@@ -141,7 +153,13 @@ def centor_mcisaac(
             + [cough absent] + (1 if 3 <= age <= 14; 0 if 15..44; -1 if age >= 45)
     """
     age_points = 1 if 3 <= age <= 14 else (0 if age <= 44 else -1)
-    return int(tonsillar_exudate) + int(tender_anterior_nodes) + int(fever) + int(cough_absent) + age_points
+    return (
+        int(tonsillar_exudate)
+        + int(tender_anterior_nodes)
+        + int(fever)
+        + int(cough_absent)
+        + age_points
+    )
 
 
 def alvarado(
@@ -160,8 +178,14 @@ def alvarado(
             + R[rebound] + E[temperature >= 37.3 C] + 2 L[WBC > 10] + S[neutrophils > 75 %]
     """
     return (
-        int(migration) + int(anorexia) + int(nausea_vomiting) + 2 * int(rlq_tenderness)
-        + int(rebound) + int(fever) + 2 * int(leukocytosis) + int(left_shift)
+        int(migration)
+        + int(anorexia)
+        + int(nausea_vomiting)
+        + 2 * int(rlq_tenderness)
+        + int(rebound)
+        + int(fever)
+        + 2 * int(leukocytosis)
+        + int(left_shift)
     )
 
 
@@ -181,11 +205,13 @@ class ScoreSpec:
 
     def describe(self) -> str:
         args = ", ".join(f"{n} ({t.__name__})" for n, t in self.params.items())
-        doc = " ".join(line.strip() for line in (self.fn.__doc__ or "").splitlines()[2:] if line.strip())
+        doc = " ".join(
+            line.strip() for line in (self.fn.__doc__ or "").splitlines()[2:] if line.strip()
+        )
         return f"{self.label} [{self.name}]: inputs {args}. {doc}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _params(fn: Callable[..., float]) -> dict[str, type]:
     hints = {"bool": bool, "int": int, "float": float, "str": str}
     return {n: hints[str(p.annotation)] for n, p in inspect.signature(fn).parameters.items()}

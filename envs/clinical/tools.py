@@ -82,8 +82,12 @@ class ArgumentValidator:
     """
 
     _TYPES: dict[str, tuple[type, ...]] = {
-        "string": (str,), "object": (dict,), "integer": (int,), "number": (int, float),
-        "boolean": (bool,), "array": (list,),
+        "string": (str,),
+        "object": (dict,),
+        "integer": (int,),
+        "number": (int, float),
+        "boolean": (bool,),
+        "array": (list,),
     }
 
     def __init__(self, schemas: Sequence[dict[str, Any]]):
@@ -102,20 +106,30 @@ class ArgumentValidator:
     def check(self, name: str, args: dict[str, Any]) -> None:
         params = self._params.get(name)
         if params is None:
-            raise ToolCallError(f"unknown tool {name!r}; available tools: {', '.join(self._params)}")
+            raise ToolCallError(
+                f"unknown tool {name!r}; available tools: {', '.join(self._params)}"
+            )
         props = params.get("properties", {})
         unknown = [a for a in args if a not in props]
         if unknown:
-            raise ToolCallError(f"invalid arguments for {name}: unknown argument(s) {unknown}; expected {list(props) or 'none'}")
+            raise ToolCallError(
+                f"invalid arguments for {name}: unknown argument(s) {unknown}; expected {list(props) or 'none'}"
+            )
         missing = [a for a in params.get("required", ()) if a not in args]
         if missing:
-            raise ToolCallError(f"invalid arguments for {name}: missing required argument(s) {missing}")
+            raise ToolCallError(
+                f"invalid arguments for {name}: missing required argument(s) {missing}"
+            )
         for arg, value in args.items():
             spec = props[arg]
             ok = isinstance(value, self._TYPES[spec["type"]]) and not (
                 isinstance(value, bool) and spec["type"] in ("integer", "number")
             )
             if not ok:
-                raise ToolCallError(f"invalid arguments for {name}: {arg!r} must be a {spec['type']}, got {json.dumps(value)[:60]}")
+                raise ToolCallError(
+                    f"invalid arguments for {name}: {arg!r} must be a {spec['type']}, got {json.dumps(value)[:60]}"
+                )
             if "enum" in spec and value not in spec["enum"]:
-                raise ToolCallError(f"invalid arguments for {name}: {arg!r} must be one of {spec['enum']}, got {value!r}")
+                raise ToolCallError(
+                    f"invalid arguments for {name}: {arg!r} must be one of {spec['enum']}, got {value!r}"
+                )

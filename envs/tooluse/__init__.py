@@ -50,12 +50,22 @@ def register() -> None:
     """Register the tool-use env ids (idempotent)."""
     from envs.registry import register_env
 
-    register_env("DistillGym/Retail-v0", "envs.tooluse.retail_env:RetailEnv",
-                 max_episode_steps=RetailEnv.max_episode_steps)
-    register_env("DistillGym/Retail-Solo-v0", "envs.tooluse.retail_env:RetailEnv",
-                 max_episode_steps=20, kwargs={"solo": True})
-    register_env("DistillGym/Calculator-v0", "envs.tooluse.calculator:CalculatorEnv",
-                 max_episode_steps=CalculatorEnv.max_episode_steps)
+    register_env(
+        "DistillGym/Retail-v0",
+        "envs.tooluse.retail_env:RetailEnv",
+        max_episode_steps=RetailEnv.max_episode_steps,
+    )
+    register_env(
+        "DistillGym/Retail-Solo-v0",
+        "envs.tooluse.retail_env:RetailEnv",
+        max_episode_steps=20,
+        kwargs={"solo": True},
+    )
+    register_env(
+        "DistillGym/Calculator-v0",
+        "envs.tooluse.calculator:CalculatorEnv",
+        max_episode_steps=CalculatorEnv.max_episode_steps,
+    )
 
 
 register()

@@ -101,7 +101,9 @@ def _parse_json_call(body: str) -> ToolAction | InvalidAction:
         try:
             args = json.loads(args) if args.strip() else {}
         except (ValueError, RecursionError) as exc:
-            return InvalidAction(f"malformed JSON in the arguments of {_short(name)!r} ({_short(str(exc))})")
+            return InvalidAction(
+                f"malformed JSON in the arguments of {_short(name)!r} ({_short(str(exc))})"
+            )
     if args is None:
         args = {}
     if not isinstance(args, dict):

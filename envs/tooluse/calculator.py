@@ -27,8 +27,15 @@ from envs.tooluse.actions import InvalidAction, ToolAction, format_tool_call, pa
 from envs.tooluse.safe_eval import Number, UnsafeExpressionError, format_number, safe_eval
 from envs.tooluse.toolbox import Toolbox, ToolCallError, error_text
 
-__all__ = ["CalcTask", "CalculatorEnv", "CalculatorTools", "build_calc_task", "read_answer",
-           "UnsafeExpressionError", "safe_eval"]
+__all__ = [
+    "CalcTask",
+    "CalculatorEnv",
+    "CalculatorTools",
+    "build_calc_task",
+    "read_answer",
+    "UnsafeExpressionError",
+    "safe_eval",
+]
 
 _BOXED_RE = re.compile(r"\\boxed\{([^{}]*)\}")
 _ANSWER_RE = re.compile(r"(?:final answer|answer)\s*(?:is)?\s*[:=]?\s*([^\n]+)", re.IGNORECASE)
@@ -78,7 +85,11 @@ def _t_tank(rng, s):
 
 
 def _t_laps(rng, s):
-    return {"a": _ints(rng, 2, 10, 1)[0], "b": rng.choice([200, 250, 400, 500]), "c": _ints(rng, 2, 7 * s, 1)[0]}
+    return {
+        "a": _ints(rng, 2, 10, 1)[0],
+        "b": rng.choice([200, 250, 400, 500]),
+        "c": _ints(rng, 2, 7 * s, 1)[0],
+    }
 
 
 def _t_recipe(rng, s):
@@ -87,24 +98,55 @@ def _t_recipe(rng, s):
 
 
 _SEEN_TEMPLATES: tuple[_Template, ...] = (
-    ("A shop sells {a} boxes of pencils with {b} pencils in each box, plus {c} loose pencils. "
-     "How many pencils does it sell in total?", "{a} * {b} + {c}", _t_boxes),
-    ("{name} has ${a}. She buys {b} books at ${c} each. How many dollars does she have left?",
-     "{a} - {b} * {c}", _t_money),
-    ("A train travels {a} km in {b} hours. What is its average speed in km/h?", "{a} / {b}", _t_speed),
-    ("{name} saves ${a} each week for {b} weeks, then spends ${c}. How many dollars are left?",
-     "{a} * {b} - {c}", _t_saving),
-    ("{a} students are split equally into {b} groups. How many students are in each group?", "{a} / {b}", _t_groups),
-    ("A jacket costs ${a} and is discounted by {p} percent. What is the sale price in dollars?",
-     "{a} * (100 - {p}) / 100", _t_discount),
+    (
+        "A shop sells {a} boxes of pencils with {b} pencils in each box, plus {c} loose pencils. "
+        "How many pencils does it sell in total?",
+        "{a} * {b} + {c}",
+        _t_boxes,
+    ),
+    (
+        "{name} has ${a}. She buys {b} books at ${c} each. How many dollars does she have left?",
+        "{a} - {b} * {c}",
+        _t_money,
+    ),
+    (
+        "A train travels {a} km in {b} hours. What is its average speed in km/h?",
+        "{a} / {b}",
+        _t_speed,
+    ),
+    (
+        "{name} saves ${a} each week for {b} weeks, then spends ${c}. How many dollars are left?",
+        "{a} * {b} - {c}",
+        _t_saving,
+    ),
+    (
+        "{a} students are split equally into {b} groups. How many students are in each group?",
+        "{a} / {b}",
+        _t_groups,
+    ),
+    (
+        "A jacket costs ${a} and is discounted by {p} percent. What is the sale price in dollars?",
+        "{a} * (100 - {p}) / 100",
+        _t_discount,
+    ),
 )
 _UNSEEN_TEMPLATES: tuple[_Template, ...] = (
-    ("A tank holds {a} liters. It is filled at {b} liters per minute for {c} minutes. "
-     "How many liters are still missing?", "{a} - {b} * {c}", _t_tank),
-    ("{name} runs {a} laps of {b} meters every day for {c} days. How many kilometers is that in total?",
-     "{a} * {b} * {c} / 1000", _t_laps),
-    ("A recipe needs {a} grams of flour for {b} cookies. How many grams are needed for {c} cookies?",
-     "{a} * {c} / {b}", _t_recipe),
+    (
+        "A tank holds {a} liters. It is filled at {b} liters per minute for {c} minutes. "
+        "How many liters are still missing?",
+        "{a} - {b} * {c}",
+        _t_tank,
+    ),
+    (
+        "{name} runs {a} laps of {b} meters every day for {c} days. How many kilometers is that in total?",
+        "{a} * {b} * {c} / 1000",
+        _t_laps,
+    ),
+    (
+        "A recipe needs {a} grams of flour for {b} cookies. How many grams are needed for {c} cookies?",
+        "{a} * {c} / {b}",
+        _t_recipe,
+    ),
 )
 
 
@@ -131,25 +173,35 @@ def _random_expression(rng: random.Random, n_ops: int, hi: int, unseen: bool) ->
     for _ in range(n_ops):
         op = rng.choice(ops)
         if op == "**":
-            expr = f"({expr}) ** {rng.randint(2, 3)}" if len(expr) < 12 else f"({expr}) + {rng.randint(1, hi)}"
+            expr = (
+                f"({expr}) ** {rng.randint(2, 3)}"
+                if len(expr) < 12
+                else f"({expr}) + {rng.randint(1, hi)}"
+            )
             continue
         term = str(rng.randint(1, hi))
         expr = f"({expr}) {op} {term}" if rng.random() < 0.5 else f"{term} {op} ({expr})"
     return expr
 
 
-def build_calc_task(task_id: str, split: str, np_rng: np.random.Generator, difficulty: int) -> CalcTask:
+def _draw_arithmetic(rng: random.Random, difficulty: int, unseen: bool) -> tuple[str, Number]:
+    """A random expression and its value (redrawn while it is invalid, e.g. ``% 0``)."""
+    while True:
+        expr = _random_expression(rng, difficulty + 1, (20, 99, 999)[difficulty - 1], unseen)
+        try:
+            return expr, safe_eval(expr)
+        except UnsafeExpressionError:
+            continue
+
+
+def build_calc_task(
+    task_id: str, split: str, np_rng: np.random.Generator, difficulty: int
+) -> CalcTask:
     """The problem ``task_id`` (pure function of its arguments)."""
     unseen = split == "valid_unseen"
     rng = random.Random(int(np_rng.integers(2**63)))  # Python's generator: cheaper per draw
     if rng.random() < 0.5:
-        while True:
-            expr = _random_expression(rng, difficulty + 1, (20, 99, 999)[difficulty - 1], unseen)
-            try:
-                answer = safe_eval(expr)
-                break
-            except UnsafeExpressionError:  # e.g. modulo by a zero subexpression: draw again
-                continue
+        expr, answer = _draw_arithmetic(rng, difficulty, unseen)
         question = f"Compute {expr}."
         kind = "arithmetic"
     else:
@@ -233,10 +285,15 @@ class CalculatorEnv(TextEnv):
     max_observation_length: ClassVar[int] = 4_096
     max_action_length: ClassVar[int] = 4_096
 
-    def __init__(self, render_mode: str | None = None, *, expose_privileged: bool = False,
-                 difficulty: int | None = None) -> None:
+    def __init__(
+        self,
+        render_mode: str | None = None,
+        *,
+        expose_privileged: bool = False,
+        difficulty: int | None = None,
+    ) -> None:
         super().__init__(render_mode, expose_privileged=expose_privileged, difficulty=difficulty)
-        CALCULATOR_TOOLBOX.schemas  # generate the schemas now (imports transformers once), not mid-episode
+        CALCULATOR_TOOLBOX.prepare()  # build schemas now (imports transformers once), not mid-episode
         self._validate_difficulty(self.difficulty)
 
     def _validate_difficulty(self, difficulty: Any) -> int:
@@ -282,21 +339,34 @@ class CalculatorEnv(TextEnv):
         final = _BOXED_RE.findall(parsed.text) or _ANSWER_RE.findall(parsed.text)
         if final and read_answer(final[-1]) is not None:
             return self._grade(final[-1])
-        return StepOutcome(error_text("call a tool, or give your final answer as \\boxed{...}"), valid=False)
+        return StepOutcome(
+            error_text("call a tool, or give your final answer as \\boxed{...}"), valid=False
+        )
 
     def _grade(self, answer: str) -> StepOutcome:
         value = read_answer(answer)
         self._correct = value is not None and is_correct(value, self.task)
-        breakdown = {"correct": float(self._correct), "calculator_calls": float(len(self.tools.results))}
-        return StepOutcome(f"Answer {answer.strip()[:80]} submitted.", reward=float(self._correct),
-                           terminated=True, won=self._correct, reward_breakdown=breakdown)
+        breakdown = {
+            "correct": float(self._correct),
+            "calculator_calls": float(len(self.tools.results)),
+        }
+        return StepOutcome(
+            f"Answer {answer.strip()[:80]} submitted.",
+            reward=float(self._correct),
+            terminated=True,
+            won=self._correct,
+            reward_breakdown=breakdown,
+        )
 
     def expert_action(self) -> str:
         return self._plan()[0]
 
     def _plan(self) -> list[str]:
         submit = format_tool_call("submit_answer", {"answer": self.task.answer_text})
-        if self.task.answer_text in self.tools.results or format_number(self.task.answer) in self.tools.results:
+        if (
+            self.task.answer_text in self.tools.results
+            or format_number(self.task.answer) in self.tools.results
+        ):
             return [submit]
         return [format_tool_call("calculator", {"expression": self.task.expression}), submit]
 
@@ -305,18 +375,30 @@ class CalculatorEnv(TextEnv):
         plan = self._plan() if not self._ended else []
         hint = f"The problem amounts to {t.expression}; compute it with the calculator and submit."
         return Privileged(
-            answer=t.answer_text, plan=plan, next_action=plan[0] if plan else "",
-            subgoals=["compute the expression", "submit the answer"][-len(plan):] if plan else [],
+            answer=t.answer_text,
+            plan=plan,
+            next_action=plan[0] if plan else "",
+            subgoals=["compute the expression", "submit the answer"][-len(plan) :] if plan else [],
             state_facts=[f"calculator results so far: {', '.join(self.tools.results) or 'none'}"],
-            rubric=("Correct if the submitted number is within 0.005 of " if t.two_decimals else
-                    "Correct if the submitted number equals ") + t.answer_text,
+            rubric=(
+                "Correct if the submitted number is within 0.005 of "
+                if t.two_decimals
+                else "Correct if the submitted number equals "
+            )
+            + t.answer_text,
             hint=hint,
-            hints={"reinforcing": "The calculator was used and the answer was right.",
-                   "corrective": f"{hint} The answer is {t.answer_text}."},
+            hints={
+                "reinforcing": "The calculator was used and the answer was right.",
+                "corrective": f"{hint} The answer is {t.answer_text}.",
+            },
         )
 
 
 def is_correct(value: Number, task: CalcTask) -> bool:
     """``|value - answer| <= 0.005`` for two-decimal answers, else a relative 1e-6."""
     diff = abs(float(value) - float(task.answer))
-    return diff <= 0.005 + 1e-9 if task.two_decimals else diff <= 1e-6 * max(1.0, abs(float(task.answer)))
+    return (
+        diff <= 0.005 + 1e-9
+        if task.two_decimals
+        else diff <= 1e-6 * max(1.0, abs(float(task.answer)))
+    )

@@ -46,29 +46,112 @@ ORDER_STATUSES = ("pending", "processed", "shipped", "delivered", "cancelled")
 
 # name -> (option name -> values, price range in dollars)
 PRODUCT_TYPES: dict[str, tuple[dict[str, tuple[str, ...]], tuple[int, int]]] = {
-    "T-Shirt": ({"color": ("red", "blue", "black", "white"), "size": ("S", "M", "L", "XL")}, (12, 40)),
-    "Running Shoes": ({"color": ("black", "white", "grey"), "size": ("8", "9", "10", "11")}, (60, 160)),
-    "Backpack": ({"color": ("black", "navy", "green"), "capacity": ("20L", "30L", "40L")}, (35, 120)),
-    "Water Bottle": ({"capacity": ("500ml", "750ml", "1000ml"), "material": ("steel", "plastic")}, (8, 35)),
-    "Wireless Earbuds": ({"color": ("black", "white", "blue"), "battery": ("6h", "8h", "10h")}, (40, 200)),
-    "Coffee Maker": ({"capacity": ("4 cups", "8 cups", "12 cups"), "type": ("drip", "espresso")}, (30, 250)),
+    "T-Shirt": (
+        {"color": ("red", "blue", "black", "white"), "size": ("S", "M", "L", "XL")},
+        (12, 40),
+    ),
+    "Running Shoes": (
+        {"color": ("black", "white", "grey"), "size": ("8", "9", "10", "11")},
+        (60, 160),
+    ),
+    "Backpack": (
+        {"color": ("black", "navy", "green"), "capacity": ("20L", "30L", "40L")},
+        (35, 120),
+    ),
+    "Water Bottle": (
+        {"capacity": ("500ml", "750ml", "1000ml"), "material": ("steel", "plastic")},
+        (8, 35),
+    ),
+    "Wireless Earbuds": (
+        {"color": ("black", "white", "blue"), "battery": ("6h", "8h", "10h")},
+        (40, 200),
+    ),
+    "Coffee Maker": (
+        {"capacity": ("4 cups", "8 cups", "12 cups"), "type": ("drip", "espresso")},
+        (30, 250),
+    ),
     "Hiking Jacket": ({"color": ("red", "green", "black"), "size": ("S", "M", "L")}, (70, 220)),
     # held out: only the valid_unseen split asks about these
-    "Desk Lamp": ({"color": ("black", "white", "brass"), "brightness": ("400lm", "800lm")}, (20, 90)),
-    "Yoga Mat": ({"thickness": ("4mm", "6mm", "8mm"), "color": ("purple", "blue", "black")}, (18, 70)),
-    "Mechanical Keyboard": ({"switch": ("linear", "tactile", "clicky"), "layout": ("full", "tenkeyless")}, (50, 180)),
+    "Desk Lamp": (
+        {"color": ("black", "white", "brass"), "brightness": ("400lm", "800lm")},
+        (20, 90),
+    ),
+    "Yoga Mat": (
+        {"thickness": ("4mm", "6mm", "8mm"), "color": ("purple", "blue", "black")},
+        (18, 70),
+    ),
+    "Mechanical Keyboard": (
+        {"switch": ("linear", "tactile", "clicky"), "layout": ("full", "tenkeyless")},
+        (50, 180),
+    ),
 }
 SEEN_PRODUCT_TYPES = tuple(list(PRODUCT_TYPES)[:7])
 UNSEEN_PRODUCT_TYPES = tuple(list(PRODUCT_TYPES)[7:])
 
-_FIRST = ("Yusuf", "Mei", "Olivia", "Liam", "Sofia", "Noah", "Aisha", "Mateo", "Emma", "Raj",
-          "Chloe", "Ivan", "Fatima", "Lucas", "Hana", "Omar", "Grace", "Diego", "Nora", "Ethan")
-_LAST = ("Rossi", "Chen", "Garcia", "Smith", "Kim", "Patel", "Novak", "Silva", "Muller", "Sato",
-         "Haddad", "Brown", "Lopez", "Ivanova", "Okafor", "Dubois", "Jensen", "Moreau")
-_STREETS = ("Maple Ave", "Oak St", "Pine Rd", "Cedar Ln", "Elm St", "Birch Way", "Lake Dr",
-            "Hill Rd", "River St", "Park Ave")
-_CITIES = (("Austin", "TX"), ("Denver", "CO"), ("Seattle", "WA"), ("Boston", "MA"),
-           ("Chicago", "IL"), ("Phoenix", "AZ"), ("Portland", "OR"), ("Columbus", "OH"))
+_FIRST = (
+    "Yusuf",
+    "Mei",
+    "Olivia",
+    "Liam",
+    "Sofia",
+    "Noah",
+    "Aisha",
+    "Mateo",
+    "Emma",
+    "Raj",
+    "Chloe",
+    "Ivan",
+    "Fatima",
+    "Lucas",
+    "Hana",
+    "Omar",
+    "Grace",
+    "Diego",
+    "Nora",
+    "Ethan",
+)
+_LAST = (
+    "Rossi",
+    "Chen",
+    "Garcia",
+    "Smith",
+    "Kim",
+    "Patel",
+    "Novak",
+    "Silva",
+    "Muller",
+    "Sato",
+    "Haddad",
+    "Brown",
+    "Lopez",
+    "Ivanova",
+    "Okafor",
+    "Dubois",
+    "Jensen",
+    "Moreau",
+)
+_STREETS = (
+    "Maple Ave",
+    "Oak St",
+    "Pine Rd",
+    "Cedar Ln",
+    "Elm St",
+    "Birch Way",
+    "Lake Dr",
+    "Hill Rd",
+    "River St",
+    "Park Ave",
+)
+_CITIES = (
+    ("Austin", "TX"),
+    ("Denver", "CO"),
+    ("Seattle", "WA"),
+    ("Boston", "MA"),
+    ("Chicago", "IL"),
+    ("Phoenix", "AZ"),
+    ("Portland", "OR"),
+    ("Columbus", "OH"),
+)
 _PAYMENT_KINDS = ("credit_card", "paypal", "gift_card")
 
 
@@ -88,8 +171,12 @@ def new_address(rng: random.Random) -> dict[str, str]:
     """A random US-style address ``{"address1", "city", "state", "zip"}``."""
     city, state = rng.choice(_CITIES)
     street = rng.choice(_STREETS)
-    return {"address1": f"{rng.randrange(10, 999)} {street}", "city": city, "state": state,
-            "zip": _digits(rng, 5)}
+    return {
+        "address1": f"{rng.randrange(10, 999)} {street}",
+        "city": city,
+        "state": state,
+        "zip": _digits(rng, 5),
+    }
 
 
 def _make_product(rng: random.Random, name: str, taken: set[str]) -> dict[str, Any]:
@@ -112,22 +199,41 @@ def _make_product(rng: random.Random, name: str, taken: set[str]) -> dict[str, A
 
 
 def _order_item(product: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any]:
-    return {"item_id": variant["item_id"], "product_id": product["product_id"],
-            "name": product["name"], "options": dict(variant["options"]), "price": variant["price"]}
+    return {
+        "item_id": variant["item_id"],
+        "product_id": product["product_id"],
+        "name": product["name"],
+        "options": dict(variant["options"]),
+        "price": variant["price"],
+    }
 
 
-def _make_order(rng: random.Random, user: dict[str, Any], products: list[dict[str, Any]],
-                status: str, taken: set[str]) -> dict[str, Any]:
+def _make_order(
+    rng: random.Random,
+    user: dict[str, Any],
+    products: list[dict[str, Any]],
+    status: str,
+    taken: set[str],
+) -> dict[str, Any]:
     """An order of 1..4 distinct items of distinct products."""
     chosen = rng.sample(products, rng.randrange(1, min(4, len(products)) + 1))
     items = [_order_item(p, p["variants"][rng.choice(list(p["variants"]))]) for p in chosen]
     order_id = _unique(rng, taken, lambda r: "#W" + _digits(r, 7))
     order = {
-        "order_id": order_id, "user_id": user["user_id"], "status": status, "items": items,
-        "address": dict(user["address"]), "payment_method_id": user["payment_method_id"],
+        "order_id": order_id,
+        "user_id": user["user_id"],
+        "status": status,
+        "items": items,
+        "address": dict(user["address"]),
+        "payment_method_id": user["payment_method_id"],
         "tracking_id": _digits(rng, 12) if status in ("shipped", "delivered") else "",
-        "payment_history": [{"transaction_type": "payment", "amount": order_total(items),
-                             "payment_method_id": user["payment_method_id"]}],
+        "payment_history": [
+            {
+                "transaction_type": "payment",
+                "amount": order_total(items),
+                "payment_method_id": user["payment_method_id"],
+            }
+        ],
     }
     user["orders"].append(order_id)
     return order
@@ -145,7 +251,11 @@ class DbBuilder:
         first gets 1..3 random orders (task builders add the first user's orders)."""
         rng = self.rng
         products = [_make_product(rng, name, self.taken) for name in product_types]
-        db: Database = {"users": {}, "orders": {}, "products": {p["product_id"]: p for p in products}}
+        db: Database = {
+            "users": {},
+            "orders": {},
+            "products": {p["product_id"]: p for p in products},
+        }
         firsts = rng.sample(_FIRST, n_users)
         for k in range(n_users):
             user = self._make_user(firsts[k])
@@ -159,14 +269,21 @@ class DbBuilder:
         last = rng.choice(_LAST)
         uid = _unique(rng, self.taken, lambda r: f"{first.lower()}_{last.lower()}_{_digits(r, 4)}")
         kind = rng.choice(_PAYMENT_KINDS)
-        return {"user_id": uid, "first_name": first, "last_name": last,
-                "email": f"{first.lower()}.{last.lower()}{_digits(rng, 3)}@example.com",
-                "address": new_address(rng), "payment_method_id": f"{kind}_{_digits(rng, 7)}",
-                "orders": []}
+        return {
+            "user_id": uid,
+            "first_name": first,
+            "last_name": last,
+            "email": f"{first.lower()}.{last.lower()}{_digits(rng, 3)}@example.com",
+            "address": new_address(rng),
+            "payment_method_id": f"{kind}_{_digits(rng, 7)}",
+            "orders": [],
+        }
 
     def add_order(self, db: Database, user_id: str, status: str) -> dict[str, Any]:
         """Add an order with ``status`` for ``user_id`` and return it."""
-        order = _make_order(self.rng, db["users"][user_id], list(db["products"].values()), status, self.taken)
+        order = _make_order(
+            self.rng, db["users"][user_id], list(db["products"].values()), status, self.taken
+        )
         db["orders"][order["order_id"]] = order
         return order
 
@@ -213,7 +330,9 @@ def db_diff(before: Any, after: Any, path: str = "") -> list[str]:
     if isinstance(before, list) and isinstance(after, list):
         if before == after:
             return []
-        return [f"{path}: {json.dumps(before, sort_keys=True)} -> {json.dumps(after, sort_keys=True)}"]
+        return [
+            f"{path}: {json.dumps(before, sort_keys=True)} -> {json.dumps(after, sort_keys=True)}"
+        ]
     if before != after:
         return [f"{path}: {before!r} -> {after!r}"]
     return []

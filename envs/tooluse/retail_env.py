@@ -78,10 +78,18 @@ Anything else you write is sent to the customer as a message. Tool results come 
 or as a line starting with "Error:".
 """
 
-_WRITE_INTENT = {"cancel_pending_order": "cancel", "modify_pending_order_address": "change_address",
-                 "return_delivered_order_items": "return", "exchange_delivered_order_items": "exchange"}
-_NEEDED_STATUS = {"cancel": ("pending", "cancelled"), "change_address": ("pending", "changed"),
-                  "return": ("delivered", "returned"), "exchange": ("delivered", "exchanged")}
+_WRITE_INTENT = {
+    "cancel_pending_order": "cancel",
+    "modify_pending_order_address": "change_address",
+    "return_delivered_order_items": "return",
+    "exchange_delivered_order_items": "exchange",
+}
+_NEEDED_STATUS = {
+    "cancel": ("pending", "cancelled"),
+    "change_address": ("pending", "changed"),
+    "return": ("delivered", "returned"),
+    "exchange": ("delivered", "exchanged"),
+}
 
 
 class TaskGenerationError(EnvError):
@@ -107,10 +115,16 @@ class RetailEnv(TextEnv):
     default_difficulty: ClassVar[int] = 1
     max_episode_steps: ClassVar[int] = 30
 
-    def __init__(self, render_mode: str | None = None, *, expose_privileged: bool = False,
-                 difficulty: int | None = None, solo: bool = False) -> None:
+    def __init__(
+        self,
+        render_mode: str | None = None,
+        *,
+        expose_privileged: bool = False,
+        difficulty: int | None = None,
+        solo: bool = False,
+    ) -> None:
         super().__init__(render_mode, expose_privileged=expose_privileged, difficulty=difficulty)
-        RETAIL_TOOLBOX.schemas  # generate the schemas now (imports transformers once), not mid-episode
+        RETAIL_TOOLBOX.prepare()  # build schemas now (imports transformers once), not mid-episode
         self.solo = bool(solo)
         self._validate_difficulty(self.difficulty)
 
@@ -174,15 +188,19 @@ class RetailEnv(TextEnv):
 
     def _ticket(self) -> str:
         t = self.task
-        return (f"Support ticket {t.task_id}\nCustomer: {t.first_name} {t.last_name} <{t.email}>\n"
-                f"Message: {t.opening} {t.request}")
+        return (
+            f"Support ticket {t.task_id}\nCustomer: {t.first_name} {t.last_name} <{t.email}>\n"
+            f"Message: {t.opening} {t.request}"
+        )
 
     def _call_tool(self, call: ToolAction) -> StepOutcome:
         obs, ok = RETAIL_TOOLBOX.call(self.tools, call.name, call.arguments)
         if ok and call.name in WRITE_TOOLS:
             key = (_WRITE_INTENT[call.name], call.arguments["order_id"])
             if self._confirmation != key:
-                self._violations.append(f"{call.name} on {key[1]} without the customer's confirmation")
+                self._violations.append(
+                    f"{call.name} on {key[1]} without the customer's confirmation"
+                )
             self._confirmation = None
             if key == (self.task.intent, self.task.order_id):
                 self._write_done = True
@@ -206,11 +224,19 @@ class RetailEnv(TextEnv):
         outputs = self.task.required_outputs
         told = sum(mentions(said, o) for o in outputs) / len(outputs) if outputs else 1.0
         # dict equality is what db_hash equality means (order-independent), without serialising
-        self._result = {"db_match": float(self.db == self.target_db()), "outputs": told,
-                        "policy": float(not self._violations)}
+        self._result = {
+            "db_match": float(self.db == self.target_db()),
+            "outputs": told,
+            "policy": float(not self._violations),
+        }
         won = self._result["db_match"] == self._result["outputs"] == self._result["policy"] == 1.0
-        return StepOutcome(observation, reward=float(won), terminated=True, won=won,
-                           reward_breakdown=dict(self._result))
+        return StepOutcome(
+            observation,
+            reward=float(won),
+            terminated=True,
+            won=won,
+            reward_breakdown=dict(self._result),
+        )
 
     def _outcome(self) -> str:
         if self._won:
@@ -232,23 +258,41 @@ class RetailEnv(TextEnv):
         """``(subgoal, action)`` pairs from the current state; the first is the next action."""
         t, solo = self.task, self.solo
         if not solo and not self.user.revealed_identity:
-            yield "ask for identity", ("I'd be happy to help. To verify your identity, could you give me "
-                                       "your email address, or your first name, last name and zip code?")
+            yield (
+                "ask for identity",
+                (
+                    "I'd be happy to help. To verify your identity, could you give me "
+                    "your email address, or your first name, last name and zip code?"
+                ),
+            )
         if self.tools.user_id != t.user_id:
             if t.auth_by_email or solo:
                 yield "authenticate", format_tool_call("find_user_id_by_email", {"email": t.email})
             else:
-                yield "authenticate", format_tool_call("find_user_id_by_name_zip", {
-                    "first_name": t.first_name, "last_name": t.last_name, "zip": t.zip})
+                yield (
+                    "authenticate",
+                    format_tool_call(
+                        "find_user_id_by_name_zip",
+                        {"first_name": t.first_name, "last_name": t.last_name, "zip": t.zip},
+                    ),
+                )
         if not solo and not self.user.revealed_order:
-            yield "ask for the order", ("Thank you. Which order is this about? Please give me the order id "
-                                        "and tell me what you would like to do.")
+            yield (
+                "ask for the order",
+                (
+                    "Thank you. Which order is this about? Please give me the order id "
+                    "and tell me what you would like to do."
+                ),
+            )
         if ("get_order_details", t.order_id) not in self._reads:
             yield "read the order", format_tool_call("get_order_details", {"order_id": t.order_id})
         if t.intent == "exchange" and not t.must_refuse:
             pid = self._order_item(t.item_ids[0])["product_id"]
             if ("get_product_details", pid) not in self._reads:
-                yield "read the product", format_tool_call("get_product_details", {"product_id": pid})
+                yield (
+                    "read the product",
+                    format_tool_call("get_product_details", {"product_id": pid}),
+                )
         if t.gold_calls and not self._write_done:
             if self._confirmation != (t.intent, t.order_id):
                 yield "get confirmation", self._proposal()
@@ -257,11 +301,15 @@ class RetailEnv(TextEnv):
         yield "tell the customer the outcome", self._closing()
 
     def _order_item(self, item_id: str) -> dict[str, Any]:
-        return next(i for i in self.db["orders"][self.task.order_id]["items"] if i["item_id"] == item_id)
+        return next(
+            i for i in self.db["orders"][self.task.order_id]["items"] if i["item_id"] == item_id
+        )
 
     def _new_variant(self) -> dict[str, Any]:
         t = self.task
-        return self.db["products"][self._order_item(t.item_ids[0])["product_id"]]["variants"][t.new_item_ids[0]]
+        return self.db["products"][self._order_item(t.item_ids[0])["product_id"]]["variants"][
+            t.new_item_ids[0]
+        ]
 
     def _proposal(self) -> str:
         t = self.task
@@ -274,20 +322,26 @@ class RetailEnv(TextEnv):
         elif t.intent == "exchange":
             old, new = self._order_item(t.item_ids[0]), self._new_variant()
             opts = ", ".join(f"{k}: {v}" for k, v in new["options"].items())
-            what = (f"exchange item {old['item_id']} ({describe_item(old)}) of order {t.order_id} for item "
-                    f"{new['item_id']} ({opts}); the price difference is ${amount}")
+            what = (
+                f"exchange item {old['item_id']} ({describe_item(old)}) of order {t.order_id} for item "
+                f"{new['item_id']} ({opts}); the price difference is ${amount}"
+            )
         else:
             a = t.new_address
-            what = (f"change the shipping address of order {t.order_id} to {a['address1']}, {a['city']}, "
-                    f"{a['state']} {a['zip']}")
+            what = (
+                f"change the shipping address of order {t.order_id} to {a['address1']}, {a['city']}, "
+                f"{a['state']} {a['zip']}"
+            )
         return f"To confirm: I will {what}. Shall I proceed (yes/no)?"
 
     def _closing(self) -> str:
         t = self.task
         if t.must_refuse:
             needed, verb = _NEEDED_STATUS[t.intent]
-            return (f"I'm sorry, but order {t.order_id} is {t.order_status}, and by our policy only {needed} "
-                    f"orders can be {verb}, so I cannot do this.")
+            return (
+                f"I'm sorry, but order {t.order_id} is {t.order_status}, and by our policy only {needed} "
+                f"orders can be {verb}, so I cannot do this."
+            )
         if t.kind == "status":
             tracking = f", with tracking number {t.tracking_id}" if t.tracking_id else ""
             return f"Your order {t.order_id} is {t.order_status}{tracking}."
@@ -301,9 +355,13 @@ class RetailEnv(TextEnv):
     def _privileged(self) -> RetailPrivileged:
         t = self.task
         steps = list(self._expert_steps()) if not self._ended else []
-        gold = [{"name": c.name, "arguments": c.arguments} for c in t.gold_calls]
+        gold: list[dict[str, Any]] = [
+            {"name": c.name, "arguments": c.arguments} for c in t.gold_calls
+        ]
         next_gold = gold[0] if gold and not self._write_done else None
-        answer = "; ".join(format_tool_call(g["name"], g["arguments"]).replace("\n", " ") for g in gold)
+        answer = "; ".join(
+            format_tool_call(g["name"], g["arguments"]).replace("\n", " ") for g in gold
+        )
         if t.must_refuse:
             answer = f"Refuse: order {t.order_id} is {t.order_status}; make no change"
         elif not gold:
@@ -316,13 +374,20 @@ class RetailEnv(TextEnv):
             next_action=steps[0][1] if steps else "",
             subgoals=[s for s, _ in steps],
             state_facts=self._state_facts(),
-            rubric=("Reward 1 only if the final database equals the initial one plus the gold writes, "
-                    f"the customer is told {list(t.required_outputs)}, and every write was confirmed."),
+            rubric=(
+                "Reward 1 only if the final database equals the initial one plus the gold writes, "
+                f"the customer is told {list(t.required_outputs)}, and every write was confirmed."
+            ),
             hint=self._hint(),
-            hints={"reinforcing": "You followed the policy: authenticate, read, confirm, act, then report.",
-                   "corrective": f"{self._hint()} Authenticate first and get an explicit yes before any write."},
-            gold_calls=gold, next_gold_call=next_gold, instruction=t.instruction,
-            required_outputs=list(t.required_outputs), target_db_diff=db_diff(self.initial_db(), self.target_db()),
+            hints={
+                "reinforcing": "You followed the policy: authenticate, read, confirm, act, then report.",
+                "corrective": f"{self._hint()} Authenticate first and get an explicit yes before any write.",
+            },
+            gold_calls=gold,
+            next_gold_call=next_gold,
+            instruction=t.instruction,
+            required_outputs=list(t.required_outputs),
+            target_db_diff=db_diff(self.initial_db(), self.target_db()),
         )
 
     def _hint(self) -> str:
@@ -334,17 +399,20 @@ class RetailEnv(TextEnv):
         return f"The customer wants to {t.intent.replace('_', ' ')} order {t.order_id} with {t.gold_calls[0].name}."
 
     def _state_facts(self) -> list[str]:
-        facts = [f"authenticated customer: {self.tools.user_id or 'none'}",
-                 f"order {self.task.order_id} status: {self.db['orders'][self.task.order_id]['status']}",
-                 f"requested change done: {'yes' if self._write_done else 'no'}"]
+        facts = [
+            f"authenticated customer: {self.tools.user_id or 'none'}",
+            f"order {self.task.order_id} status: {self.db['orders'][self.task.order_id]['status']}",
+            f"requested change done: {'yes' if self._write_done else 'no'}",
+        ]
         if not self.solo:
-            facts += [f"customer gave identity: {'yes' if self.user.revealed_identity else 'no'}",
-                      f"customer gave order: {'yes' if self.user.revealed_order else 'no'}"]
+            facts += [
+                f"customer gave identity: {'yes' if self.user.revealed_identity else 'no'}",
+                f"customer gave order: {'yes' if self.user.revealed_order else 'no'}",
+            ]
         if self._confirmation:
             facts.append(f"confirmed action: {self._confirmation[0]} on {self._confirmation[1]}")
         facts += [f"policy violation: {v}" for v in self._violations]
         return facts
-
 
 
 def replay_gold(task: RetailTask, initial: Database) -> Database:

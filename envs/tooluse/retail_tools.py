@@ -20,10 +20,19 @@ from envs.tooluse.toolbox import Toolbox, ToolCallError
 
 __all__ = ["READ_TOOLS", "RETAIL_TOOLBOX", "WRITE_TOOLS", "RetailTools"]
 
-READ_TOOLS = ("find_user_id_by_email", "find_user_id_by_name_zip", "get_user_details",
-              "get_order_details", "get_product_details")
-WRITE_TOOLS = ("cancel_pending_order", "modify_pending_order_address",
-               "return_delivered_order_items", "exchange_delivered_order_items")
+READ_TOOLS = (
+    "find_user_id_by_email",
+    "find_user_id_by_name_zip",
+    "get_user_details",
+    "get_order_details",
+    "get_product_details",
+)
+WRITE_TOOLS = (
+    "cancel_pending_order",
+    "modify_pending_order_address",
+    "return_delivered_order_items",
+    "exchange_delivered_order_items",
+)
 _ZIP_RE = re.compile(r"^\d{5}$")
 
 
@@ -67,7 +76,11 @@ class RetailTools:
         """
         key = (first_name.strip().lower(), last_name.strip().lower(), zip.strip())
         for user in self.db["users"].values():
-            if (user["first_name"].lower(), user["last_name"].lower(), user["address"]["zip"]) == key:
+            if (
+                user["first_name"].lower(),
+                user["last_name"].lower(),
+                user["address"]["zip"],
+            ) == key:
                 self.user_id = user["user_id"]
                 return user["user_id"]
         raise ToolCallError("no customer with this name and zip code")
@@ -104,7 +117,9 @@ class RetailTools:
 
     # ------------------------------------------------------------------ write tools
 
-    def cancel_pending_order(self, order_id: str, reason: Literal["no longer needed", "ordered by mistake"]) -> str:
+    def cancel_pending_order(
+        self, order_id: str, reason: Literal["no longer needed", "ordered by mistake"]
+    ) -> str:
         """Cancel a pending order and refund it in full to its payment method. Needs the customer's explicit confirmation first.
 
         Args:
@@ -117,7 +132,9 @@ class RetailTools:
         self._refund(order, order_total(order["items"]), "refund")
         return json.dumps(order)
 
-    def modify_pending_order_address(self, order_id: str, address1: str, city: str, state: str, zip: str) -> str:
+    def modify_pending_order_address(
+        self, order_id: str, address1: str, city: str, state: str, zip: str
+    ) -> str:
         """Change the shipping address of a pending order. Needs the customer's explicit confirmation first.
 
         Args:
@@ -130,8 +147,12 @@ class RetailTools:
         order = self._own_order(order_id, status="pending", action="modified")
         if not _ZIP_RE.match(zip.strip()):
             raise ToolCallError(f"zip code {_show(zip)} is not five digits")
-        order["address"] = {"address1": address1.strip(), "city": city.strip(), "state": state.strip(),
-                            "zip": zip.strip()}
+        order["address"] = {
+            "address1": address1.strip(),
+            "city": city.strip(),
+            "state": state.strip(),
+            "zip": zip.strip(),
+        }
         return json.dumps(order)
 
     def return_delivered_order_items(self, order_id: str, item_ids: list[str]) -> str:
@@ -148,7 +169,9 @@ class RetailTools:
         self._refund(order, order_total(items), "refund")
         return json.dumps(order)
 
-    def exchange_delivered_order_items(self, order_id: str, item_ids: list[str], new_item_ids: list[str]) -> str:
+    def exchange_delivered_order_items(
+        self, order_id: str, item_ids: list[str], new_item_ids: list[str]
+    ) -> str:
         """Exchange items of a delivered order for other variants of the same products. Needs the customer's explicit confirmation first.
 
         Args:
@@ -163,7 +186,9 @@ class RetailTools:
         for old, new in zip(items, new_item_ids):
             variant = self.db["products"][old["product_id"]]["variants"].get(new)
             if variant is None:
-                raise ToolCallError(f"item {_show(new)} is not a variant of product {old['product_id']}")
+                raise ToolCallError(
+                    f"item {_show(new)} is not a variant of product {old['product_id']}"
+                )
             if new == old["item_id"]:
                 raise ToolCallError(f"item {_show(new)} is the same as the item being exchanged")
             if not variant["available"]:
@@ -189,10 +214,14 @@ class RetailTools:
 
     def _require_auth(self) -> None:
         if self.user_id is None:
-            raise ToolCallError("the customer is not authenticated; call find_user_id_by_email "
-                                "or find_user_id_by_name_zip first")
+            raise ToolCallError(
+                "the customer is not authenticated; call find_user_id_by_email "
+                "or find_user_id_by_name_zip first"
+            )
 
-    def _own_order(self, order_id: str, status: str | None = None, action: str = "") -> dict[str, Any]:
+    def _own_order(
+        self, order_id: str, status: str | None = None, action: str = ""
+    ) -> dict[str, Any]:
         """The authenticated customer's order ``order_id``; for a write tool (``status`` given)
         check its status and keep its pre-image."""
         self._require_auth()
@@ -201,7 +230,9 @@ class RetailTools:
             raise ToolCallError(f"no order {_show(order_id)} for the authenticated customer")
         if status is not None:  # a write tool
             if order["status"] != status:
-                raise ToolCallError(f"order {order_id} is {order['status']}; only {status} orders can be {action}")
+                raise ToolCallError(
+                    f"order {order_id} is {order['status']}; only {status} orders can be {action}"
+                )
             self.pre_images.setdefault(order_id, json.loads(json.dumps(order)))
         return order
 
@@ -219,8 +250,13 @@ class RetailTools:
 
     @staticmethod
     def _refund(order: dict[str, Any], amount: float, kind: str) -> None:
-        order["payment_history"].append({"transaction_type": kind, "amount": round(amount, 2),
-                                         "payment_method_id": order["payment_method_id"]})
+        order["payment_history"].append(
+            {
+                "transaction_type": kind,
+                "amount": round(amount, 2),
+                "payment_method_id": order["payment_method_id"],
+            }
+        )
 
 
 RETAIL_TOOLBOX = Toolbox(RetailTools, READ_TOOLS + WRITE_TOOLS + ("think",))

@@ -17,8 +17,16 @@ import operator
 from collections.abc import Callable
 from fractions import Fraction
 
-__all__ = ["MAX_CHARS", "MAX_EXPONENT", "MAX_MAGNITUDE", "MAX_NODES", "Number",
-           "UnsafeExpressionError", "format_number", "safe_eval"]
+__all__ = [
+    "MAX_CHARS",
+    "MAX_EXPONENT",
+    "MAX_MAGNITUDE",
+    "MAX_NODES",
+    "Number",
+    "UnsafeExpressionError",
+    "format_number",
+    "safe_eval",
+]
 
 Number = Fraction | float
 MAX_CHARS = 300
@@ -55,15 +63,20 @@ def _div(fn: Callable[[Number, Number], Number]) -> Callable[[Number, Number], N
         if b == 0:
             raise UnsafeExpressionError("division by zero")
         return fn(a, b)
+
     return op
 
 
 _BINOPS: dict[type, Callable[[Number, Number], Number]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-    ast.Div: _div(operator.truediv), ast.FloorDiv: _div(operator.floordiv), ast.Mod: _div(operator.mod),
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: _div(operator.truediv),
+    ast.FloorDiv: _div(operator.floordiv),
+    ast.Mod: _div(operator.mod),
     ast.Pow: _pow,
 }
-_UNARY: dict[type, Callable[[Number], Number]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_UNARY: dict[type, Callable[[Number], Number]] = {ast.UAdd: lambda x: x, ast.USub: lambda x: -x}
 _CONSTANTS: dict[str, Number] = {"pi": math.pi, "e": math.e}
 
 
@@ -83,10 +96,16 @@ def _round(x: Number, ndigits: Number = Fraction(0)) -> Number:
     return Fraction(round(Fraction(x), int(ndigits)))
 
 
-_FUNCTIONS: dict[str, tuple[Callable[..., Number], int, int]] = {  # name -> (fn, min args, max args)
-    "sqrt": (_sqrt, 1, 1), "abs": (abs, 1, 1), "round": (_round, 1, 2),
-    "min": (min, 1, 10), "max": (max, 1, 10),
-    "floor": (lambda x: Fraction(math.floor(x)), 1, 1), "ceil": (lambda x: Fraction(math.ceil(x)), 1, 1),
+_FUNCTIONS: dict[
+    str, tuple[Callable[..., Number], int, int]
+] = {  # name -> (fn, min args, max args)
+    "sqrt": (_sqrt, 1, 1),
+    "abs": (abs, 1, 1),
+    "round": (_round, 1, 2),
+    "min": (min, 1, 10),
+    "max": (max, 1, 10),
+    "floor": (lambda x: Fraction(math.floor(x)), 1, 1),
+    "ceil": (lambda x: Fraction(math.ceil(x)), 1, 1),
 }
 
 
@@ -133,7 +152,11 @@ def _eval(node: ast.AST) -> Number:
         return _UNARY[type(node.op)](_eval(node.operand))
     if isinstance(node, ast.Name) and node.id in _CONSTANTS:
         return _CONSTANTS[node.id]
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS:
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in _FUNCTIONS
+    ):
         fn, lo, hi = _FUNCTIONS[node.func.id]
         if node.keywords or not lo <= len(node.args) <= hi:
             raise UnsafeExpressionError(f"{node.func.id}() takes {lo} to {hi} positional arguments")
@@ -144,8 +167,10 @@ def _eval(node: ast.AST) -> Number:
         what = f"name {node.id[:30]!r}"
     else:
         what = f"syntax {type(node).__name__!r}"
-    raise UnsafeExpressionError(f"{what} is not allowed; use numbers, + - * / // % ** and "
-                                "sqrt, abs, round, min, max, floor, ceil")
+    raise UnsafeExpressionError(
+        f"{what} is not allowed; use numbers, + - * / // % ** and "
+        "sqrt, abs, round, min, max, floor, ceil"
+    )
 
 
 def _decimal(value: float) -> Number:

@@ -76,6 +76,10 @@ class Toolbox:
             out[schema["function"]["name"]] = cls(params)
         return out
 
+    def prepare(self) -> None:
+        """Generate the schemas and validators now (the first call imports transformers)."""
+        _ = self._validators
+
     def validation_error(self, name: str, arguments: dict[str, Any]) -> str | None:
         """Why ``arguments`` do not fit tool ``name`` (``None`` when they do)."""
         for value in arguments.values():
@@ -87,13 +91,19 @@ class Toolbox:
         if error is None:
             return None
         where = ".".join(map(str, error.absolute_path))
-        return f"invalid arguments for {name}: " + (f"{where}: " if where else "") + _clip(error.message)
+        return (
+            f"invalid arguments for {name}: "
+            + (f"{where}: " if where else "")
+            + _clip(error.message)
+        )
 
     def call(self, instance: Any, name: str, arguments: dict[str, Any]) -> tuple[str, bool]:
         """Run tool ``name`` on ``instance``; returns ``(observation, ok)``, never raises
         for bad calls (program errors inside a tool still propagate)."""
         if name not in self.names:
-            return error_text(f"unknown tool {_clip(name)!r}; available tools: {', '.join(self.names)}"), False
+            return error_text(
+                f"unknown tool {_clip(name)!r}; available tools: {', '.join(self.names)}"
+            ), False
         problem = self.validation_error(name, arguments)
         if problem is not None:
             return error_text(problem), False

@@ -26,11 +26,40 @@ __all__ = ["STOP_TOKEN", "ScriptedUser", "UserReply", "mentions"]
 STOP_TOKEN = "###STOP###"
 _ORDER_ID_RE = re.compile(r"#w\d{7}")
 _ITEM_ID_RE = re.compile(r"(?<!\d)\d{10}(?!\d)")
-_IDENTITY_WORDS = ("email", "e-mail", "zip", "name", "verify", "identity", "authenticate", "identify")
-_ORDER_WORDS = ("order id", "order number", "which order", "order's id", "id of the order", "order #")
+_IDENTITY_WORDS = (
+    "email",
+    "e-mail",
+    "zip",
+    "name",
+    "verify",
+    "identity",
+    "authenticate",
+    "identify",
+)
+_ORDER_WORDS = (
+    "order id",
+    "order number",
+    "which order",
+    "order's id",
+    "id of the order",
+    "order #",
+)
 _CONFIRM_WORDS = ("confirm", "proceed", "go ahead", "shall i", "should i", "?")
-_REFUSAL_WORDS = ("cannot", "can't", "can not", "unable to", "not able to", "not possible", "not allowed")
-_ACTION_WORDS = {"cancel": "cancel", "return": "return", "exchange": "exchange", "change_address": "address"}
+_REFUSAL_WORDS = (
+    "cannot",
+    "can't",
+    "can not",
+    "unable to",
+    "not able to",
+    "not possible",
+    "not allowed",
+)
+_ACTION_WORDS = {
+    "cancel": "cancel",
+    "return": "return",
+    "exchange": "exchange",
+    "change_address": "address",
+}
 
 
 def mentions(text: str, value: str) -> bool:
@@ -67,9 +96,15 @@ class ScriptedUser:
         """Answer the agent's ``message``; ``task_done`` says the target write has happened."""
         task, low = self.task, message.lower()
         if self._handled(low, task_done):
-            thanks = {"status": "Great, thanks for letting me know.", "refuse": "I see. Thanks anyway."}
+            thanks = {
+                "status": "Great, thanks for letting me know.",
+                "refuse": "I see. Thanks anyway.",
+            }
             key = "refuse" if task.must_refuse else task.kind
-            return UserReply(f"{thanks.get(key, 'Thank you, that is everything I needed.')} {STOP_TOKEN}", stop=True)
+            return UserReply(
+                f"{thanks.get(key, 'Thank you, that is everything I needed.')} {STOP_TOKEN}",
+                stop=True,
+            )
         verdict = self._proposal_verdict(low)
         if verdict is not None:
             if verdict:
@@ -78,15 +113,20 @@ class ScriptedUser:
         parts = []
         if any(w in low for w in _IDENTITY_WORDS):
             self.revealed_identity = True
-            parts.append(f"Sure, my email is {task.email}." if task.auth_by_email else
-                         f"I don't remember my email, but my name is {task.first_name} {task.last_name} "
-                         f"and my zip code is {task.zip}.")
+            parts.append(
+                f"Sure, my email is {task.email}."
+                if task.auth_by_email
+                else f"I don't remember my email, but my name is {task.first_name} {task.last_name} "
+                f"and my zip code is {task.zip}."
+            )
         if any(w in low for w in _ORDER_WORDS):
             self.revealed_order = True
             parts.append(task.request)
         if parts:
             return UserReply(" ".join(parts))
-        return UserReply(f"Sorry, I'm not sure what you mean. {task.request if self.revealed_order else task.opening}")
+        return UserReply(
+            f"Sorry, I'm not sure what you mean. {task.request if self.revealed_order else task.opening}"
+        )
 
     def _handled(self, low: str, task_done: bool) -> bool:
         task = self.task
@@ -108,7 +148,9 @@ class ScriptedUser:
         if order_ids != {task.order_id.lower()}:
             return False
         numbers = set(_ITEM_ID_RE.findall(low))
-        if task.intent in ("return", "exchange") and numbers & self.order_item_ids != set(task.item_ids):
+        if task.intent in ("return", "exchange") and numbers & self.order_item_ids != set(
+            task.item_ids
+        ):
             return False
         if task.intent == "exchange" and not set(task.new_item_ids) <= numbers:
             return False

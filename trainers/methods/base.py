@@ -139,6 +139,10 @@ class TrainBatch:
         Rows are packed greedily in order of decreasing length (fewest pad tokens); a single row
         longer than the budget raises ``BatchTooLargeError``.
         """
+        return [mb for _, mb in self.micro_batches_with_rows(token_budget)]
+
+    def micro_batches_with_rows(self, token_budget: int) -> list[tuple[list[int], TrainBatch]]:
+        """``micro_batches`` plus the row indices of each micro-batch in this batch."""
         lengths = self.lengths_B.tolist()
         longest = max(lengths, default=0)
         if longest > token_budget:
@@ -153,7 +157,7 @@ class TrainBatch:
                 chunks[-1].append(i)
             else:
                 chunks.append([i])
-        return [self.select(sorted(c)) for c in chunks]
+        return [(sorted(c), self.select(sorted(c))) for c in chunks]
 
 
 def episode_advantages(groups: list[EpisodeGroup], *, std_norm: bool = True) -> list[list[float]]:

@@ -198,6 +198,21 @@ def score_privileged(
                     ]
 
 
+def logits_at(model: nn.Module, ids: list[int], rows: Tensor, *, with_grad: bool = False) -> Tensor:
+    """Raw logits of ``model`` on the sequence ``ids`` at row positions ``rows`` only.
+
+    ``out[i] = z[rows[i]]`` where ``z[j]`` predicts ``ids[j + 1]``; computed with the HF
+    ``logits_to_keep`` argument so the ``(L, V)`` head output is never materialized (a
+    full-vocabulary log-softmax over every prompt position dominates scoring time otherwise).
+    Shapes: ``rows (R,) long -> (R, V)``.
+    """
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+    with torch.enable_grad() if with_grad else torch.no_grad():
+        out = model(input_ids=input_ids, logits_to_keep=rows.to(device), use_cache=False)
+    return out.logits[0]
+
+
 @contextlib.contextmanager
 def _adapter_disabled(model: nn.Module, disable: bool) -> Iterator[None]:
     if disable:
@@ -208,8 +223,7 @@ def _adapter_disabled(model: nn.Module, disable: bool) -> Iterator[None]:
 
 
 def teacher_logits_for_batch(
-    ctx: TrainContext, view: TeacherView, batch: TrainBatch, text_fn: TextFn,
-    chunk_tokens: int = 2048,
+    ctx: TrainContext, view: TeacherView, batch: TrainBatch, text_fn: TextFn
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Teacher logits at every trained position of ``batch``, from the privileged context.
 
@@ -222,8 +236,6 @@ def teacher_logits_for_batch(
     Returns ``(b_N, t_N, logits_NV)``: row and position in ``batch`` of each gathered token and
     the teacher's raw logits that predict it. No gradient.
     """
-    from agents.scoring import sequence_logprobs
-
     seqs: list[list[int]] = []
     where: list[tuple[int, list[int], int]] = []  # (row, student positions, block length n)
     for b, episode in enumerate(batch.episodes):
@@ -241,19 +253,12 @@ def teacher_logits_for_batch(
     rows: list[Tensor] = []
     b_list: list[int] = []
     t_list: list[int] = []
-    i = 0
     with _adapter_disabled(view.model, view.disable_adapter):
-        while i < len(seqs):  # chunks of about chunk_tokens tokens (always at least one sequence)
-            j, used = i, 0
-            while j < len(seqs) and (j == i or used + len(seqs[j]) <= chunk_tokens):
-                used += len(seqs[j])
-                j += 1
-            logits = sequence_logprobs(view.model, seqs[i:j], 1.0, return_logits=True)
-            for (b, positions, n), z in zip(where[i:j], logits):
-                rows.append(z[torch.tensor([t + n - 1 for t in positions], device=z.device)])
-                b_list += [b] * len(positions)
-                t_list += positions
-            i = j
+        for (b, positions, n), ids in zip(where, seqs):
+            keep = torch.tensor([t + n - 1 for t in positions], dtype=torch.long)
+            rows.append(logits_at(view.model, ids, keep).float())
+            b_list += [b] * len(positions)
+            t_list += positions
     if not rows:
         empty = torch.zeros(0, dtype=torch.long)
         return empty, empty, torch.zeros(0, _vocab_size(view.model))

@@ -36,7 +36,7 @@ from trainers.methods.base import (
     _pad_id,
     build_batch,
 )
-from trainers.methods.opsd import PRIVILEGED_STRENGTHS
+from trainers.methods.opsd import PRIVILEGED_STRENGTHS, logits_at
 from trainers.train_config import TrainConfig
 
 __all__ = [
@@ -124,21 +124,23 @@ def student_view_logprobs(
 ) -> Tensor:
     """``log π_S(x_t | x_<t without I)`` at every trained position of the teacher-view ``batch``.
 
-    Each row is re-scored with the privileged span removed (one right-padded forward); a
-    completion token at teacher-view position ``t`` is at ``t − n`` in the student view, and
-    ``sequence_logprobs`` returns ``lp[j] = log p(x_{j+1})``, so ``out[b, t] = lp_b[t − n − 1]``.
+    Each row is re-scored with the privileged span ``[pos, pos+n)`` removed: a completion token
+    at teacher-view position ``t`` sits at ``t − n`` in the student view and is predicted by the
+    student-view logits row ``t − n − 1`` (only those rows are computed, see ``logits_at``).
     Shapes: ``-> (B, T)`` aligned with ``batch.input_ids_BT``, 0 where the mask is 0.
     """
-    from agents.scoring import sequence_logprobs
-
-    views = [student_view_ids(ep) for ep in batch.episodes]
-    lps = sequence_logprobs(model, [ids for ids, _, _ in views], temperature, with_grad=with_grad)
     mask_BT = batch.loss_mask_BT
-    out_BT = torch.zeros(mask_BT.shape, dtype=torch.float32, device=lps[0].device if lps else None)
-    for b, ((_, _, n), lp) in enumerate(zip(views, lps)):
-        t_idx = mask_BT[b].nonzero().squeeze(-1).to(out_BT.device)
-        if t_idx.numel():
-            out_BT = out_BT.index_put((torch.full_like(t_idx, b), t_idx), lp[t_idx - n - 1])
+    device = next(model.parameters()).device
+    out_BT = torch.zeros(mask_BT.shape, dtype=torch.float32, device=device)
+    for b, episode in enumerate(batch.episodes):
+        t_idx = mask_BT[b].nonzero().squeeze(-1).to(device)
+        if not t_idx.numel():
+            continue
+        ids, _, n = student_view_ids(episode)
+        z_RV = logits_at(model, ids, t_idx - n - 1, with_grad=with_grad).float() / temperature
+        targets = torch.tensor(ids, device=device)[t_idx - n]
+        lp_R = z_RV.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(z_RV, dim=-1)
+        out_BT = out_BT.index_put((torch.full_like(t_idx, b), t_idx), lp_R)
     return out_BT
 
 

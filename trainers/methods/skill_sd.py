@@ -90,6 +90,7 @@ class SkillSDConfig(TrainConfig):
     summarizer_attempts: int = _f(2, "attempts per trajectory before a malformed summary is dropped")
     skills_per_group: int = _f(1, "trajectories summarized per group and step (the best rewards)")
     summarize_only_won: bool = _f(False, "summarize only successful trajectories")
+    summarize_async: bool = _f(True, "summarize in a background thread (False: wait each step, reproducible)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -195,3 +196,5 @@ class SkillSD(Method):
         for group in groups:
             for ep in pick_for_summary(group, cfg.skills_per_group, cfg.summarize_only_won):
                 self.worker.submit(ep)
+        if not cfg.summarize_async:
+            self.worker.drain()
