@@ -54,8 +54,8 @@ from .chunked import (
     RowFn,
     default_chunk_size,
     fused_linear_pass,
-    math_dtype,
     logits_pass,
+    math_dtype,
     torch_rows,
 )
 from .reference import resolve_kind
