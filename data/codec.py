@@ -22,6 +22,7 @@ import array
 import struct
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,11 @@ __all__ = [
 
 _BIG_ENDIAN = sys.byteorder == "big"
 assert array.array("i").itemsize == 4 and array.array("H").itemsize == 2
-_DTYPES = {b"H": np.dtype("<u2"), b"i": np.dtype("<i4"), b"f": np.dtype("<f4")}
+_DTYPES: dict[bytes, np.dtype[Any]] = {
+    b"H": np.dtype("<u2"),
+    b"i": np.dtype("<i4"),
+    b"f": np.dtype("<f4"),
+}
 
 
 def encode_ids(ids: Sequence[int] | np.ndarray) -> bytes:
@@ -63,9 +68,16 @@ def encode_ids(ids: Sequence[int] | np.ndarray) -> bytes:
 
 def encode_floats(values: Sequence[float] | np.ndarray) -> bytes:
     """Log-probs or weights -> ``b"f" + float32`` bytes."""
-    arr = np.asarray(values, dtype="<f4")
-    if arr.ndim != 1:
-        raise CodecError(f"float array must be 1-D, got shape {arr.shape}")
+    if isinstance(values, np.ndarray):
+        if values.ndim != 1:
+            raise CodecError(f"float array must be 1-D, got shape {values.shape}")
+        return b"f" + values.astype("<f4").tobytes()
+    try:
+        arr = array.array("f", values)
+    except (OverflowError, TypeError) as exc:
+        raise CodecError(f"float array: {exc}") from exc
+    if _BIG_ENDIAN:
+        arr.byteswap()
     return b"f" + arr.tobytes()
 
 
@@ -79,7 +91,7 @@ def encode_mask(mask: Sequence[int] | np.ndarray) -> bytes:
         arr = array.array("B", mask)
     except (OverflowError, TypeError) as exc:
         raise CodecError(f"loss mask values must be 0 or 1: {exc}") from exc
-    if arr and max(arr) > 1:
+    if arr.tobytes().translate(None, b"\x00\x01"):  # anything left is neither 0 nor 1
         raise CodecError("loss mask values must be 0 or 1")
     bits = np.packbits(np.frombuffer(arr, dtype=np.uint8)) if arr else np.zeros(0, np.uint8)
     return b"m" + struct.pack("<I", len(arr)) + bits.tobytes()

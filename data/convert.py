@@ -111,9 +111,9 @@ def decode_turn_arrays(
     for row in turn_rows:
         completion = codec.decode(row["completion_ids"])
         assert completion is not None
-        prompt = codec.join_prompt(
-            row["prompt_prefix_len"], codec.decode(row["prompt_suffix"]), previous
-        )
+        suffix = codec.decode(row["prompt_suffix"])
+        assert suffix is not None
+        prompt = codec.join_prompt(row["prompt_prefix_len"], suffix, previous)
         previous = np.concatenate([prompt, completion])
         out.append(
             {

@@ -36,6 +36,7 @@ import numpy as np
 from sqlalchemy import (
     Connection,
     Engine,
+    Table,
     case,
     delete,
     func,
@@ -68,13 +69,12 @@ __all__ = ["Store", "DEFAULT_DB", "default_db"]
 log = logging.getLogger(__name__)
 
 DEFAULT_DB = "runs/distillgym.db"
-RUNS, STEPS, EPISODES, TURNS = (
-    RunRow.__table__,
-    StepRow.__table__,
-    EpisodeRow.__table__,
-    TurnRow.__table__,
-)
-SKILLS, CHECKPOINTS = SkillRow.__table__, CheckpointRow.__table__
+RUNS: Table = RunRow.__table__  # type: ignore[assignment]
+STEPS: Table = StepRow.__table__  # type: ignore[assignment]
+EPISODES: Table = EpisodeRow.__table__  # type: ignore[assignment]
+TURNS: Table = TurnRow.__table__  # type: ignore[assignment]
+SKILLS: Table = SkillRow.__table__  # type: ignore[assignment]
+CHECKPOINTS: Table = CheckpointRow.__table__  # type: ignore[assignment]
 _READ_CHUNK = 256  # episodes fetched per query while iterating
 _OPEN_STORES: weakref.WeakSet[Store] = weakref.WeakSet()
 
@@ -393,10 +393,10 @@ class Store:
     def run_summaries(self) -> list[RunSummary]:
         """Per run: status, number of steps and episodes, success rate of the last step with episodes."""
         with self._reading() as conn:
-            n_steps = dict(
+            n_steps: dict[int, int] = dict(
                 conn.execute(select(STEPS.c.run_id, func.count()).group_by(STEPS.c.run_id)).all()
             )
-            n_eps = dict(
+            n_eps: dict[int, int] = dict(
                 conn.execute(
                     select(EPISODES.c.run_id, func.count()).group_by(EPISODES.c.run_id)
                 ).all()
@@ -830,6 +830,14 @@ def _reason(exc: DatabaseError) -> str:
 def _is_corruption(exc: DatabaseError) -> bool:
     msg = str(exc).lower()
     return "malformed" in msg or "not a database" in msg or "corrupt" in msg
+
+
+def _forget_stores_in_child() -> None:
+    """A forked child must not touch its parent's connections or writer: it opens its own Store."""
+    _OPEN_STORES.clear()
+
+
+os.register_at_fork(after_in_child=_forget_stores_in_child)
 
 
 @atexit.register

@@ -128,7 +128,7 @@ def pad_rows(rows: Sequence[Row], pad_id: int = 0) -> TokenBatch:
         weights[b, :L] = 1.0
         for offset, t in r.spans:
             span = slice(offset, offset + t["completion_ids"].size)  # type: ignore[union-attr]
-            mask[b, span] = t["loss_mask"]
+            mask[b, span] = t["loss_mask"]  # type: ignore[assignment]
             samp[b, span] = t["sampler_logprobs"]
             if t["teacher_logprobs"] is not None:
                 teach[b, span] = t["teacher_logprobs"]

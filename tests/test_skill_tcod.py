@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -196,7 +197,7 @@ def bank(tmp_path: Path) -> Iterator[SkillBank]:
 
 def test_bank_stores_validated_skills_and_usage(bank):
     sid = bank.add("train-000001", GOOD)
-    with pytest.raises(Exception):  # never stores half a skill
+    with pytest.raises(MalformedSkillError, match="golden_workflow"):  # never stores half a skill
         bank.add("train-000001", {"success_analysis": "only this"})
     bank.record_use(sid, 1.0)
     bank.record_use(sid, 0.0)
@@ -329,7 +330,7 @@ def _train(tmp_path: Path, method: str, **overrides):
     from trainers.loop import train
     from trainers.methods import get_method
 
-    kw = dict(method=method, model="tiny", steps=2, tasks_per_step=1, group_size=2, max_turns=2,
+    kw: dict[str, Any] = dict(method=method, model="tiny", steps=2, tasks_per_step=1, group_size=2, max_turns=2,
               max_new_tokens=6, max_context_tokens=1024, token_budget=4096, backend="hf",
               finetune="lora", lr=1e-4, checkpoint_every=0, progress=False, num_train_tasks=2,
               output_dir=str(tmp_path), store=f"sqlite:///{tmp_path / 'store.db'}")
@@ -349,7 +350,7 @@ def teacher_dir(tmp_path_factory, tiny) -> str:
 
 def test_smoke_tcod_b2f_on_opd(tmp_path, teacher_dir):
     result = _train(tmp_path, "tcod", teacher=teacher_dir, curriculum="b2f", curriculum_k=1,
-                    max_turns=3)
+                    max_turns=3, num_train_tasks=1)
     rows = result.metrics
     assert len(rows) == 2 and not any(r["skipped"] for r in rows)
     # train-000000 needs 6 expert actions: replay 5 at step 0, 4 at step 1
@@ -375,7 +376,10 @@ def test_smoke_skill_sd_grows_the_bank_and_conditions_the_teacher(tmp_path, stub
     assert rows[0]["sdl_loss"] == 0.0  # no skill: the teacher is the student, exactly
     store = Store(f"sqlite:///{tmp_path / 'store.db'}")
     try:
-        (skill,) = store.skills(result.run_id)
-        assert skill.usage_count == 2 and skill.skill == GOOD  # both episodes of step 1 used it
+        first, second = store.skills(result.run_id)  # one summary after each step
+        assert first.usage_count == 2 and first.skill == GOOD  # both episodes of step 1 used it
+        assert second.usage_count == 0 and second.created_step == 1
+        episodes = list(store.episodes(result.run_id))  # which skill conditioned each episode
+        assert [ep.info["skill_id"] for ep in episodes] == [None, None, first.skill_id, first.skill_id]
     finally:
         store.close()

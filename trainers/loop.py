@@ -368,6 +368,8 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
     is trained in place (LoRA layers are injected into it when ``finetune == "lora"``).
     """
     import envs
+    from transformers import set_seed
+
     from agents.backends import make_backend
 
     method = get_method(cfg.method)(cfg)
@@ -383,6 +385,7 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_yaml(cfg, run_dir / "config.yaml")
 
+    set_seed(cfg.seed)  # LoRA initialisation draws from the global RNGs
     model, tokenizer = build_policy(cfg, policy)
     device = _device()
     model.to(device)

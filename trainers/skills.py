@@ -348,8 +348,14 @@ class SkillBank:
         self.step = 0  # the trainer's current step, recorded as the skill's creation step
 
     def add(self, task_id: str, content: dict[str, Any]) -> int:
-        """Validate and store a skill; returns its id. Never stores half a skill."""
-        jsonschema.validate(content, SKILL_SCHEMA)
+        """Validate and store a skill; returns its id. Never stores half a skill.
+
+        Raises :class:`MalformedSkillError` when ``content`` does not match :data:`SKILL_SCHEMA`.
+        """
+        try:
+            jsonschema.validate(content, SKILL_SCHEMA)
+        except jsonschema.ValidationError as exc:
+            raise MalformedSkillError(f"skill for task {task_id!r} rejected: {exc.message}") from exc
         return int(self.store.add_skill(self.run_id, task_id, dict(content), self.step))
 
     def for_task(self, task_id: str) -> list[Skill]:
@@ -416,7 +422,12 @@ class SkillWorker:
             self._queue.join()
             return
         done = threading.Event()
-        threading.Thread(target=lambda: (self._queue.join(), done.set()), daemon=True).start()
+
+        def wait() -> None:
+            self._queue.join()
+            done.set()
+
+        threading.Thread(target=wait, daemon=True).start()
         done.wait(timeout_s)
 
     def close(self) -> None:

@@ -286,7 +286,7 @@ def divergence_loss(
     """
     from kernels import distill_loss_from_logits
 
-    return distill_loss_from_logits(
+    out = distill_loss_from_logits(
         student_logits_NV,
         teacher_logits_NV.detach(),
         kind="jsd",
@@ -294,6 +294,8 @@ def divergence_loss(
         temperature=temperature,
         reduction="none",
     )
+    assert isinstance(out, Tensor)  # no entropy requested: a single tensor
+    return out
 
 
 # ============================================================================================

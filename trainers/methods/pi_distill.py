@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -183,7 +184,8 @@ class PiDistill(Method):
         loss_BT, clip_t, clip_s = pi_distill_loss(
             logp_BT, batch.old_logp_BT, student_BT.to(logp_BT.device), batch.advantages_BT,
             alpha=cfg.pi_alpha, clip_low=cfg.clip_low, clip_high=cfg.clip_high)
-        agg = dict(mode=cfg.loss_agg, num_tokens=batch.num_tokens, num_seqs=batch.num_seqs)
+        agg: dict[str, Any] = dict(mode=cfg.loss_agg, num_tokens=batch.num_tokens,
+                                   num_seqs=batch.num_seqs)
         mask = batch.loss_mask_BT
         loss = aggregate(loss_BT, mask, **agg)
         n = max(batch.num_tokens, 1)

@@ -79,7 +79,7 @@ def expert_actions(
     env = envs.make(env_id, **(env_kwargs or {}))
     try:
         env.reset(options={"task_id": task_id})
-        base = env.unwrapped
+        base: Any = env.unwrapped
         actions: list[str] = []
         for _ in range(max_steps):
             action = base.expert_action()

@@ -34,7 +34,14 @@ from agents.types import Episode, EpisodeGroup, Turn
 from trainers.config import ConfigError
 from trainers.losses import aggregate, clipped_surrogate, group_advantages, masked_mean
 from trainers.methods import register_method
-from trainers.methods.base import Method, TrainBatch, TrainContext, _pad_id, build_batch, policy_loss
+from trainers.methods.base import (
+    Method,
+    TrainBatch,
+    TrainContext,
+    _pad_id,
+    build_batch,
+    policy_loss,
+)
 from trainers.methods.opsd import build_teacher_view, score_privileged, turn_privileged_text
 from trainers.train_config import TrainConfig
 

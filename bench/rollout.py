@@ -1,0 +1,119 @@
+"""Rollout throughput: batched HF vs vLLM vs a naive one-episode-at-a-time HF loop (prints JSON).
+
+The same household episodes (tasks ``train-000000..``, ``group_size`` episodes per task, one env
+seed) are played by the bundled SmolLM2-135M-Instruct with each backend::
+
+    python bench/rollout.py                      # 32 episodes, 4 turns, 24 tokens per reply
+    python bench/rollout.py --quick              # 8 episodes, 2 turns (a smoke run)
+    python bench/rollout.py --backends hf,naive  # skip vLLM
+
+Reported per backend: wall time, tokens/s (generated tokens), episodes/min and the env's share of
+the rollout time; plus the batched/naive speed-up (target >= 4x) on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ENV = "DistillGym/Household-v0"
+
+
+def _run(name: str, backend: Any, tok: Any, tasks: list[str], args: argparse.Namespace, *, naive: bool) -> dict[str, Any]:
+    from agents import Renderer, RolloutConfig, RolloutStats, SamplingParams, collect_groups
+
+    sampling = SamplingParams(temperature=1.0, max_tokens=args.max_tokens)
+    factory = functools.partial(Renderer.for_env, tok)
+    stats = RolloutStats()
+    start = time.perf_counter()
+    if naive:  # one episode at a time: G x tasks sequential rollouts of batch size 1
+        cfg = RolloutConfig(group_size=1, max_turns=args.max_turns, sampling=sampling)
+        for task in tasks:
+            for _ in range(args.group_size):
+                collect_groups(ENV, [task], backend, factory, cfg, seed=args.seed, stats=stats)
+    else:
+        cfg = RolloutConfig(group_size=args.group_size, max_turns=args.max_turns, sampling=sampling)
+        collect_groups(ENV, tasks, backend, factory, cfg, seed=args.seed, stats=stats)
+    wall = time.perf_counter() - start
+    return {
+        "backend": name,
+        "wall_s": round(wall, 2),
+        "episodes": stats.episodes,
+        "turns": stats.turns,
+        "generated_tokens": stats.generated_tokens,
+        "generate_calls": stats.generate_calls,
+        "tokens_per_s": round(stats.generated_tokens / wall, 2),
+        "episodes_per_min": round(60 * stats.episodes / wall, 2),
+        "env_share": round(stats.env_s / stats.total_s, 5),
+        "generate_share": round(stats.generate_s / stats.total_s, 4),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=32)
+    parser.add_argument("--group-size", type=int, default=4)
+    parser.add_argument("--max-turns", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=24)
+    parser.add_argument("--backends", default="hf,vllm,naive", help="comma list of hf, vllm, naive")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="8 episodes, 2 turns")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.episodes, args.max_turns = 8, 2
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from agents import HFBackend
+    from agents.models import load_model, resolve_model_dir
+
+    model, tok = load_model("smollm2-135m-instruct", dtype=torch.float32)
+    n_tasks = max(1, args.episodes // args.group_size)
+    tasks = [f"train-{i:06d}" for i in range(n_tasks)]
+    results: dict[str, Any] = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "python": platform.python_version(), "cuda": torch.cuda.is_available()},
+        "runs": [],
+    }
+    for name in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        if name == "hf":
+            results["runs"].append(_run("hf_batched", HFBackend(model, tok, max_batch_size=64), tok, tasks, args, naive=False))
+        elif name == "naive":
+            results["runs"].append(_run("hf_naive", HFBackend(model, tok, max_batch_size=1), tok, tasks, args, naive=True))
+        elif name == "vllm":
+            from agents import VLLMBackend
+
+            t0 = time.perf_counter()
+            engine = VLLMBackend(resolve_model_dir("smollm2-135m-instruct"), dtype="float32", max_model_len=2048)
+            startup = time.perf_counter() - t0
+            run = _run("vllm", engine, tok, tasks, args, naive=False)
+            run["engine_start_s"] = round(startup, 1)
+            results["runs"].append(run)
+            engine.close()
+        else:
+            parser.error(f"unknown backend {name!r}")
+    by_name = {r["backend"]: r for r in results["runs"]}
+    if "hf_batched" in by_name and "hf_naive" in by_name:
+        results["batched_over_naive_tokens_per_s"] = round(
+            by_name["hf_batched"]["tokens_per_s"] / by_name["hf_naive"]["tokens_per_s"], 2
+        )
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return results
+
+
+if __name__ == "__main__":
+    main()
