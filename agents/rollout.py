@@ -120,6 +120,11 @@ class _Timer:
         setattr(self.stats, self.attr, getattr(self.stats, self.attr) + time.perf_counter() - self.t0)
 
 
+def _base(env: Any) -> Any:
+    """The env under gymnasium's wrappers (where ``privileged_text`` and ``family`` live)."""
+    return env.unwrapped
+
+
 def _make_renderer(source: RendererSource, env: Any, info: dict[str, Any]) -> Renderer:
     return source if isinstance(source, Renderer) else source(env.unwrapped, info)
 
@@ -146,7 +151,7 @@ def _start_slot(
             _replay_prefix(slot, prefix, stats)
         if cfg.privileged_strength and not slot.done:
             with _Timer(stats, "env_s"):
-                text = env.unwrapped.privileged_text(cfg.privileged_strength)
+                text = _base(env).privileged_text(cfg.privileged_strength)
             slot.prompt_ids, pos, n = slot.renderer.teacher_ids(slot.prompt_ids, text)
             episode.info["privileged_span"] = [pos, n]
     except Exception as exc:  # noqa: BLE001 - an env failure is recorded, the batch goes on
@@ -174,7 +179,7 @@ def _replay_prefix(slot: _Slot, actions: list[str], stats: RolloutStats) -> None
 
 def _record_privileged(slot: _Slot, strengths: tuple[str, ...], stats: RolloutStats) -> dict[str, str]:
     with _Timer(stats, "env_s"):
-        return {s: slot.env.unwrapped.privileged_text(s) for s in strengths}
+        return {s: _base(slot.env).privileged_text(s) for s in strengths}
 
 
 def _make_turn(slot: _Slot, completion: Completion, version: int, privileged: dict[str, str]) -> Turn:
@@ -288,7 +293,7 @@ def collect_groups(
         live = [s for s in slots if not s.done]
         if not live:
             break
-        recorded = []
+        recorded: list[dict[str, str] | None] = []
         for slot in live:
             try:
                 recorded.append(_record_privileged(slot, cfg.record_privileged, stats))

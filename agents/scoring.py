@@ -222,7 +222,10 @@ def _rows_logprobs(model: Any, seqs: list[list[int]], temperature: float, rows: 
         ids_BL[b, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         mask_BL[b, : len(seq)] = 1
     keep_U = torch.tensor([r for r in rows if r < L - 1], dtype=torch.long, device=device)
-    logits_BUV = model(input_ids=ids_BL, attention_mask=mask_BL, use_cache=False, logits_to_keep=keep_U).logits
+    try:
+        logits_BUV = model(input_ids=ids_BL, attention_mask=mask_BL, use_cache=False, logits_to_keep=keep_U).logits
+    except TypeError:  # a model without ``logits_to_keep``: project every row, then select
+        logits_BUV = model(input_ids=ids_BL, attention_mask=mask_BL, use_cache=False).logits[:, keep_U]
     logp_BU = token_logprobs(logits_BUV, ids_BL[:, keep_U + 1], temperature)
     full_BT = torch.full((B, L - 1), float("nan"), device=device)
     full_BT[:, keep_U] = logp_BU

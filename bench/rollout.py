@@ -7,6 +7,10 @@ seed) are played by the bundled SmolLM2-135M-Instruct with each backend::
     python bench/rollout.py --quick              # 8 episodes, 2 turns (a smoke run)
     python bench/rollout.py --backends hf,naive  # skip vLLM
 
+"naive" is what a plain loop does: one episode at a time, batch size 1, and the whole prompt
+prefilled again every turn (no KV reuse across turns). "hf" is ``HFBackend``: all episodes in one
+batch and its prefix cache (each turn prefills only the new observation tokens).
+
 Reported per backend: wall time, tokens/s (generated tokens), episodes/min and the env's share of
 the rollout time; plus the batched/naive speed-up (target >= 4x) on this machine.
 """
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if name == "hf":
             results["runs"].append(_run("hf_batched", HFBackend(model, tok, max_batch_size=64), tok, tasks, args, naive=False))
         elif name == "naive":
-            results["runs"].append(_run("hf_naive", HFBackend(model, tok, max_batch_size=1), tok, tasks, args, naive=True))
+            results["runs"].append(_run("hf_naive", HFBackend(model, tok, max_batch_size=1, prefix_cache=False), tok, tasks, args, naive=True))
         elif name == "vllm":
             from agents import VLLMBackend
 

@@ -187,3 +187,15 @@ def test_cli_help_and_bad_key():
     assert bad.returncode == 2
     lines = [ln for ln in bad.stderr.splitlines() if ln.strip() and "Warning" not in ln and "warn" not in ln]
     assert lines == ["error: unknown config key 'lr_rate' for TrainConfig"], bad.stderr
+
+
+def test_bench_train_step_reports_shares(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import train_step
+
+    out = train_step.main(["--model", "tiny", "--modes", "lora", "--tasks", "1", "--group", "2",
+                           "--max-turns", "1", "--max-new-tokens", "4", "--out", str(tmp_path / "b.json")])
+    lora = out["lora"]
+    assert lora["trained_tokens"] > 0 and lora["trained_tokens_per_s"] > 0
+    assert set(lora["share"]) == {"rollout", "scoring", "loss", "optimizer"}
+    assert 0.5 < sum(lora["share"].values()) <= 1.0001

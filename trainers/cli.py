@@ -42,9 +42,10 @@ def _methods_help() -> str:
 def _late_user_errors() -> tuple[type[BaseException], ...]:
     """Errors of the env/model layers that mean 'fix your command' (imported only when raised)."""
     from agents.models import ModelLoadError
+    from data.errors import RunExistsError, RunNotFound
     from envs import UnknownEnvError
 
-    return (UnknownEnvError, ModelLoadError)
+    return (UnknownEnvError, ModelLoadError, RunExistsError, RunNotFound)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -367,9 +367,9 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
     ``policy`` optionally passes an already-loaded ``(model, tokenizer)`` (tests, notebooks); it
     is trained in place (LoRA layers are injected into it when ``finetune == "lora"``).
     """
-    import envs
     from transformers import set_seed
 
+    import envs
     from agents.backends import make_backend
 
     method = get_method(cfg.method)(cfg)
@@ -390,9 +390,10 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
     device = _device()
     model.to(device)
     renderer_factory, family = make_renderer_factory(cfg.env, tokenizer, cfg.env_kwargs)
-    model_dir = None if cfg.model.startswith("tiny") or cfg.backend == "hf" else cfg.model
+    wants_vllm = cfg.backend == "vllm" or (cfg.backend == "auto" and torch.cuda.is_available())
+    model_dir = _model_dir(cfg.model) if wants_vllm and not cfg.model.startswith("tiny") else None
     backend = make_backend(cfg.backend, model=model, tokenizer=tokenizer,
-                           **({"model_dir": _model_dir(model_dir)} if model_dir else {}))
+                           **({"model_dir": model_dir} if model_dir else {}))
     store = open_store(cfg)
     run_id = _open_run(store, cfg)
     ctx = TrainContext(cfg=cfg, model=model, tokenizer=tokenizer, backend=backend,

@@ -26,6 +26,7 @@ __all__ = ["OPD", "OPDConfig", "opd_advantages", "check_same_tokenizer", "load_t
 
 @dataclass
 class OPDConfig(TrainConfig):
+    method: str = field(default="opd", metadata={"help": "training method (set by the CLI sub-command)"})
     opd_coef: float = field(default=1.0, metadata={"help": "c in A_t = [A_GRPO] + c·(log π_T − log π_old)"})
     use_grpo: bool = field(default=False, metadata={"help": "add the task-reward advantage A_GRPO"})
 

@@ -32,6 +32,7 @@ __all__ = ["SFT", "SFTConfig", "expert_episode", "collect_expert_groups", "forma
 
 @dataclass
 class SFTConfig(TrainConfig):
+    method: str = field(default="sft", metadata={"help": "training method (set by the CLI sub-command)"})
     lr: float = field(default=1e-4, metadata={"help": "peak learning rate"})
     group_size: int = field(default=1, metadata={"help": "demonstrations per task (the expert is deterministic)"})
     tasks_per_step: int = field(default=8, metadata={"help": "demonstrations per optimizer step"})

@@ -27,6 +27,7 @@ __all__ = ["SOD", "SODConfig", "step_divergences", "sod_step_weights", "sod_adva
 
 @dataclass
 class SODConfig(OPDConfig):
+    method: str = field(default="sod", metadata={"help": "training method (set by the CLI sub-command)"})
     delta: float = field(default=0.2, metadata={"help": "weight cap: w_k <= 1 + delta"})
     eps: float = field(default=1e-6, metadata={"help": "smoothing ε in (d_1+ε)/(d_k+ε)"})
     use_grpo: bool = field(default=True, metadata={"help": "add the task-reward advantage A_GRPO"})

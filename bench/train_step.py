@@ -1,0 +1,93 @@
+"""Benchmark one optimizer step of the training loop: trained tokens/s and where the time goes.
+
+For each fine-tuning mode (LoRA and full) it runs ``--steps`` steps of OPD (student rollouts,
+teacher scoring with the same bundled model as the teacher, loss, optimizer) and reports the
+*last* step (the first one pays warm-up costs)::
+
+    python bench/train_step.py                       # bundled SmolLM2-135M, LoRA and full
+    python bench/train_step.py --model tiny --modes lora --out bench_train_step.json
+
+Output (JSON): per mode, trained tokens, trained tokens/s over the whole step, tokens/s of the
+loss phase alone (forward + backward), and the share of the step spent in rollout, teacher
+scoring, loss (forward + backward) and the optimizer (clip + step + weight sync).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def bench_mode(mode: str, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    from trainers.config import parse_config
+    from trainers.loop import train
+    from trainers.methods.opd import OPDConfig
+
+    teacher = args.teacher or args.model
+    cfg = parse_config(OPDConfig, [
+        f"model={args.model}", f"teacher={teacher}", f"env={args.env}", f"finetune={mode}",
+        f"steps={args.steps}", f"tasks_per_step={args.tasks}", f"group_size={args.group}",
+        f"max_turns={args.max_turns}", f"max_new_tokens={args.max_new_tokens}", f"dtype={args.dtype}",
+        "max_context_tokens=2048", f"token_budget={args.token_budget}", "checkpoint_every=0",
+        "progress=false", f"output_dir={out_dir}", f"run_name=bench-{mode}", "method=opd",
+        f"backend={args.backend}",
+    ])
+    last = train(cfg).last
+    step = last["time_step_s"]
+    parts = {"rollout": last["time_rollout_s"], "scoring": last["time_score_s"],
+             "loss": last["time_loss_s"], "optimizer": last["time_optim_s"]}
+    return {
+        "trained_tokens": int(last["trained_tokens"]),
+        "sampled_episodes": int(last.get("episodes", 0)),
+        "step_s": round(step, 3),
+        "trained_tokens_per_s": round(last["trained_tokens"] / step, 2),
+        "loss_phase_tokens_per_s": round(last["trained_tokens"] / max(parts["loss"], 1e-9), 2),
+        "share": {k: round(v / step, 4) for k, v in parts.items()},
+        "seconds": {k: round(v, 3) for k, v in parts.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--teacher", default="")
+    p.add_argument("--env", default="DistillGym/Household-v0")
+    p.add_argument("--modes", default="lora,full")
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--tasks", type=int, default=2)
+    p.add_argument("--group", type=int, default=2)
+    p.add_argument("--max-turns", type=int, default=3)
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--token-budget", type=int, default=4096)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--backend", default="auto", choices=("auto", "hf", "vllm"))
+    p.add_argument("--out", default="")
+    args = p.parse_args(argv)
+
+    import torch
+
+    result: dict[str, Any] = {
+        "model": args.model, "env": args.env, "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "config": {k: getattr(args, k) for k in ("tasks", "group", "max_turns", "max_new_tokens", "dtype", "steps")},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in args.modes.split(","):
+            result[mode] = bench_mode(mode, args, Path(tmp))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()
