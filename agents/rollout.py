@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.backends import Completion, GenerationBackend, SamplingParams
+from agents.errors import BackendError
 from agents.parsing import parse_action
 from agents.renderers import Renderer, check_extends, strip_span
 from agents.types import EndReason, Episode, EpisodeGroup, Turn
@@ -268,6 +269,9 @@ def collect_groups(
         max_student_turns: stop after that many student turns (TCOD F2B), ``EndReason.CURRICULUM``.
         stats: filled with the time split (generation vs env).
     """
+    window = getattr(backend, "max_model_len", None)
+    if window is not None and cfg.max_context_tokens > window:
+        raise ValueError(f"cfg.max_context_tokens={cfg.max_context_tokens} exceeds the backend's window {window}")
     stats = stats if stats is not None else RolloutStats()
     t_start = time.perf_counter()
     version = backend.policy_version if policy_version is None else int(policy_version)
@@ -308,6 +312,8 @@ def collect_groups(
             params = dataclasses.replace(params, seed=(seed * 1_000_003 + turn_index) % (2**31))
         with _Timer(stats, "generate_s"):
             completions = backend.generate([s.prompt_ids for s, _ in batch], params)
+        if len(completions) != len(batch):
+            raise BackendError(f"backend returned {len(completions)} completions for {len(batch)} prompts")
         stats.generate_calls += 1
         for (slot, privileged), completion in zip(batch, completions):
             stats.generated_tokens += len(completion.token_ids)

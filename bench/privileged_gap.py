@@ -89,8 +89,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "tasks": args.tasks, "group": args.group, "max_turns": args.max_turns,
                               "temperature": args.temperature}
     report["student"] = condition_stats(rollout(None))
+    print(f"student done after {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
     for strength in args.strengths:
         report[f"teacher_{strength}"] = condition_stats(rollout(strength))
+        print(f"teacher_{strength} done after {time.perf_counter() - t0:.0f}s", file=sys.stderr,
+              flush=True)
         report[f"gap_{strength}"] = (report[f"teacher_{strength}"]["success_rate"]
                                      - report["student"]["success_rate"])
     report["wall_s"] = round(time.perf_counter() - t0, 1)

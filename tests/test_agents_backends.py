@@ -120,3 +120,32 @@ def test_make_backend_and_bad_params(tiny) -> None:
         SamplingParams(max_tokens=0)
     with pytest.raises(BackendError):
         HFBackend(model, tok).generate([[]], SamplingParams())
+
+
+def test_prefix_cache_reuses_rows_and_never_serves_stale_weights(tiny, prompts) -> None:
+    model, tok = tiny
+    greedy = SamplingParams(temperature=0, max_tokens=5)
+    cached = HFBackend(model, tok)
+
+    def fresh(ids):
+        return HFBackend(model, tok, prefix_cache=False).generate([ids], greedy)[0]
+
+    first = cached.generate([prompts[0]], greedy)[0]
+    follow_up = prompts[0] + first.token_ids + [2, 198, 1, 4093, 198, 33]
+    assert cached._lookup(follow_up)[0] == len(prompts[0]) + len(first.token_ids) - 1
+    reused = cached.generate([follow_up, prompts[1]], greedy)[0]  # one cached row, one new row
+    reference = fresh(follow_up)
+    assert reused.token_ids == reference.token_ids
+    assert torch.allclose(torch.tensor(reused.logprobs), torch.tensor(reference.logprobs), atol=1e-5)
+    longer = follow_up + reused.token_ids + [2, 198, 1, 4093, 198, 34]
+    norm = model.model.layers[0].input_layernorm.weight
+    saved = norm.detach().clone()
+    with torch.no_grad():
+        norm.mul_(3.0)  # an in-place optimizer step: cached keys are now stale
+    try:
+        after = cached.generate([longer], greedy)[0]
+        reference = fresh(longer)
+    finally:
+        with torch.no_grad():
+            norm.copy_(saved)
+    assert torch.allclose(torch.tensor(after.logprobs), torch.tensor(reference.logprobs), atol=1e-5)

@@ -197,7 +197,7 @@ def bank(tmp_path: Path) -> Iterator[SkillBank]:
 
 def test_bank_stores_validated_skills_and_usage(bank):
     sid = bank.add("train-000001", GOOD)
-    with pytest.raises(MalformedSkillError, match="golden_workflow"):  # never stores half a skill
+    with pytest.raises(MalformedSkillError, match="rejected"):  # never stores half a skill
         bank.add("train-000001", {"success_analysis": "only this"})
     bank.record_use(sid, 1.0)
     bank.record_use(sid, 0.0)
@@ -217,6 +217,20 @@ def test_worker_summarizes_async_and_never_stores_malformed(bank, stub):
     assert (worker.stats.stored, worker.stats.dropped, worker.stats.errors) == (1, 1, 0)
     assert [s.content for s in bank.for_task("train-000001")] == [GOOD]
     assert bank.for_task("train-000002") == []
+
+
+def test_policy_model_summarizer_runs_and_its_garbage_is_dropped(bank, tiny):
+    from trainers.skills import ModelSummarizer
+
+    summarizer = ModelSummarizer(tiny[0], tiny[1], max_new_tokens=8)
+    assert isinstance(summarizer.complete([{"role": "user", "content": "hi"}]), str)
+    worker = SkillWorker(summarizer, bank, max_attempts=1)
+    worker.submit(_episode())
+    worker.drain()
+    worker.close()
+    # a random tiny model cannot write the JSON: recorded as dropped, not as an error
+    assert (worker.stats.stored, worker.stats.dropped, worker.stats.errors) == (0, 1, 0)
+    assert bank.size() == 0
 
 
 def test_pick_for_summary_prefers_best_completed_episodes():

@@ -104,7 +104,8 @@ def evaluate_policy(
 
     env = envs.make(env_id, **(env_kwargs or {}))
     try:
-        task_ids = list(env.unwrapped.task_ids(split, episodes))
+        base: Any = env.unwrapped
+        task_ids = list(base.task_ids(split, episodes))
     finally:
         env.close()
     sampling = SamplingParams(temperature=0.0 if greedy else temperature,

@@ -171,7 +171,7 @@ def make_renderer_factory(env_id: str, tokenizer: Any, env_kwargs: dict[str, Any
 
     env = envs.make(env_id, **env_kwargs)
     try:
-        family = env.unwrapped.family
+        family = str(getattr(env.unwrapped, "family", ""))
     finally:
         env.close()
     return functools.partial(Renderer.for_env, tokenizer), family
@@ -182,7 +182,8 @@ def train_task_ids(env_id: str, split: str, n: int, env_kwargs: dict[str, Any]) 
 
     env = envs.make(env_id, **env_kwargs)
     try:
-        return list(env.unwrapped.task_ids(split, n))
+        base: Any = env.unwrapped
+        return list(base.task_ids(split, n))
     finally:
         env.close()
 
@@ -240,7 +241,7 @@ def policy_logprobs(model: Any, mb: TrainBatch, temperature: float) -> PolicyOut
     out = model(input_ids=ids, attention_mask=mb.attention_mask_BT.to(dev),
                 output_hidden_states=True, logits_to_keep=1)
     h_BTH = out.hidden_states[-1]
-    head = model.get_output_embeddings()
+    head: Any = model.get_output_embeddings()
     b_N, t_N = (mb.loss_mask_BT.to(dev) > 0).nonzero(as_tuple=True)
     z_NV = head(h_BTH[b_N, t_N - 1]).float() / temperature
     logp_N = z_NV.gather(-1, ids[b_N, t_N][:, None]).squeeze(-1) - torch.logsumexp(z_NV, dim=-1)

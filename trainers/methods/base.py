@@ -238,11 +238,13 @@ def policy_loss(
         logp_BT, batch.old_logp_BT, batch.advantages_BT,
         clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip,
     )
-    agg = dict(mode=cfg.loss_agg, num_tokens=batch.num_tokens, num_seqs=batch.num_seqs)
-    loss = aggregate(pg_BT, mask, **agg)
+    def agg(x_BT: Tensor) -> Tensor:
+        return aggregate(x_BT, mask, cfg.loss_agg, num_tokens=batch.num_tokens, num_seqs=batch.num_seqs)
+
+    loss = agg(pg_BT)
     stats = {"pg_loss": loss.item(), "clip_frac": _share(clipped_BT, batch)}
     if cfg.kl_coef and batch.ref_logp_BT is not None:
-        kl = aggregate(k3_kl(logp_BT, batch.ref_logp_BT), mask, **agg)
+        kl = agg(k3_kl(logp_BT, batch.ref_logp_BT))
         loss = loss + cfg.kl_coef * kl
         stats["kl_ref"] = kl.item()
     return loss, stats
