@@ -234,10 +234,20 @@ class HFBackend:
         return [r for r in results if r is not None]
 
     def _prefill(self, prompts: list[list[int]]) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Build the batch (reusing cached rows) and run the prefill: ``(cache, mask, pos, logits)``."""
+        """Build the batch (reusing cached rows) and run the prefill: ``(cache, mask, pos, logits)``.
+
+        Identical prompts (the G episodes of a group at turn 0) are prefilled once.
+        """
         from transformers import DynamicCache
 
         dev = self.device
+        unique: dict[tuple[int, ...], int] = {}
+        inverse = [unique.setdefault(tuple(p), len(unique)) for p in prompts]
+        if len(unique) < len(prompts):  # a group's G identical prompts: prefill once, then copy
+            cache, mask_BL, next_pos_B, logits_BV = self._prefill([list(p) for p in unique])
+            index = torch.tensor(inverse, device=dev)
+            cache.batch_select_indices(index)
+            return cache, mask_BL[index], next_pos_B[index], logits_BV[index]
         hits = [self._lookup(p) if self._kv else (0, None) for p in prompts]
         B = len(prompts)
         C = max(n for n, _ in hits)

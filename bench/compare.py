@@ -91,6 +91,7 @@ class CompareConfig:
     max_steps: int = _f(200, "safety cap on optimizer steps per run")
     curve_points: int = _f(4, "learning-curve evaluations per run (at k/curve_points of the budget)")
     eval_episodes: int = _f(16, "greedy episodes per split (valid_seen, valid_unseen)")
+    eval_teacher: bool = _f(True, "also evaluate the SFT teacher (reported beside the methods)")
     # warm start (SFT on expert demonstrations)
     sft_student_steps: int = _f(4, "SFT steps of the student start (0 = the base model itself)")
     sft_teacher_steps: int = _f(12, "SFT steps of the teacher (OPD/SOD/TCOD); >= sft_student_steps")
@@ -311,8 +312,10 @@ def warm_start(cfg: CompareConfig, env: str, store: Any) -> WarmStart:
     student_dir = (str(result.run_dir / "checkpoints" / f"step-{cfg.sft_student_steps:06d}" / "model")
                    if 0 < cfg.sft_student_steps < cfg.sft_teacher_steps
                    else teacher_dir if cfg.sft_student_steps else cfg.model)
-    successes = {}
+    successes: dict[str, dict[str, float]] = {"teacher": {}}
     for role, path in (("student", student_dir), ("teacher", teacher_dir)):
+        if role == "teacher" and not cfg.eval_teacher:
+            continue
         model, tok = load_policy(path)
         successes[role] = evaluate_model(model, tok, cfg, env, store, f"{name}-{role}")
     warm = WarmStart(env=env, student_dir=student_dir, teacher_dir=teacher_dir,
@@ -424,7 +427,7 @@ def run_comparison(cfg: CompareConfig, command: str = "") -> dict[str, Path]:
             bar.set_postfix_str(f"warm start {_slug(env)}")
             warm = warm_start(cfg, env, store)
             warms.append(warm)
-            student = load_policy(warm.student_dir)
+            student: list[tuple[Any, Any]] = []  # loaded on first use (cached runs need none)
             for seed in cfg.seed_list:
                 for method in cfg.method_list:
                     bar.set_postfix_str(f"{method} {_slug(env)} seed {seed}")
@@ -438,13 +441,17 @@ def run_comparison(cfg: CompareConfig, command: str = "") -> dict[str, Path]:
 
 
 def _cached_or_run(cfg: CompareConfig, env: str, method: str, seed: int, warm: WarmStart,
-                   student: tuple[Any, Any], store: Any) -> RunResult:
+                   student: list[tuple[Any, Any]], store: Any) -> RunResult:
+    """The saved result of a finished run (``reuse``), else a new run; ``student`` is a one-slot
+    cache of the loaded student start."""
     record = Path(cfg.output_dir) / "runs" / f"{method}-{_slug(env)}-s{seed}.json"
     if cfg.reuse and record.is_file():
         data = json.loads(record.read_text())
         if data.get("status") == "finished":
             return RunResult(**{**data, "curve": [tuple(p) for p in data["curve"]]})
-    result = run_method(cfg, env, method, seed, warm, student, store)
+    if not student:
+        student.append(load_policy(warm.student_dir))
+    result = run_method(cfg, env, method, seed, warm, student[0], store)
     record.write_text(json.dumps(asdict(result), indent=1))
     return result
 

@@ -245,6 +245,8 @@ def summary_table(summaries: list[Summary], warm: list[WarmStart]) -> str:
     for w in warm:
         for label, succ, steps in (("SFT student start", w.student_success, w.student_steps),
                                    ("SFT teacher", w.teacher_success, w.teacher_steps)):
+            if not succ:  # not evaluated (eval_teacher=false)
+                continue
             lines.append(f"| {_short(w.env)} | *{label}* ({steps} SFT steps) | – | "
                          f"{100 * succ.get('valid_seen', 0):.1f} | "
                          f"{100 * succ.get('valid_unseen', 0):.1f} | | 0 | | | |")

@@ -149,3 +149,13 @@ def test_prefix_cache_reuses_rows_and_never_serves_stale_weights(tiny, prompts) 
         with torch.no_grad():
             norm.copy_(saved)
     assert torch.allclose(torch.tensor(after.logprobs), torch.tensor(reference.logprobs), atol=1e-5)
+
+
+def test_identical_prompts_prefilled_once_sample_independently(tiny, prompts) -> None:
+    model, tok = tiny
+    params = SamplingParams(temperature=1.0, max_tokens=6, seed=4)
+    outs = HFBackend(model, tok).generate([prompts[0]] * 4 + [prompts[1]], params)
+    assert len({tuple(o.token_ids) for o in outs[:4]}) > 1  # rows share the prefill, not the samples
+    for o in outs[:4]:
+        ref = _recomputed(model, prompts[0], o, 1.0)
+        assert torch.allclose(torch.tensor(o.logprobs), ref, atol=1e-4)

@@ -64,7 +64,7 @@ def test_non_string_and_deep_nesting_do_not_raise() -> None:
     assert isinstance(parse_action("tool", deep), ParsedAction)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     family=st.sampled_from(["household", "tool", "clinical", "unknown-family"]),
     text=st.one_of(

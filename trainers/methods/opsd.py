@@ -27,18 +27,26 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from agents.rollout import STRENGTHS as ROLLOUT_STRENGTHS
 from agents.types import Episode, EpisodeGroup, Turn
 from trainers.config import ConfigError
 from trainers.losses import aggregate, masked_sum
 from trainers.methods import register_method
-from trainers.methods.base import Method, TrainBatch, TrainContext, build_batch, policy_loss
-from trainers.train_config import TrainConfig
+from trainers.methods.base import (
+    Method,
+    TrainBatch,
+    TrainContext,
+    _pad_id,
+    build_batch,
+    policy_loss,
+)
+from trainers.train_config import TrainConfig, _f
 
 __all__ = [
     "OPSD",
@@ -81,7 +89,8 @@ def opsd_shaped_advantages(
 # Privileged teacher views and scoring (shared by OPSD, π-Distill, TT-OPD and Skill-SD)
 # ============================================================================================
 
-PRIVILEGED_STRENGTHS = ("plan", "next_action", "hint", "answer", "outcome_hint")
+PRIVILEGED_STRENGTHS: tuple[str, ...] = tuple(ROLLOUT_STRENGTHS)
+"""The env's privileged strengths (``envs.base.STRENGTHS``, as the rollout records them)."""
 
 
 @dataclass
@@ -117,19 +126,8 @@ def build_teacher_view(ctx: TrainContext, kind: str, ema_decay: float = 0.999) -
         from agents.ema import EMATeacher
 
         ema = EMATeacher(ctx.model, ema_decay)
-        return TeacherView("ema", _ema_module(ema), ema=ema)
+        return TeacherView("ema", ema.model, ema=ema)
     raise ValueError(f"unknown teacher kind {kind!r}; allowed: current, frozen, ema")
-
-
-def _ema_module(ema: Any) -> nn.Module:
-    """The ``nn.Module`` of an ``EMATeacher`` (the wrapper itself when it is a module)."""
-    for name in ("model", "module", "teacher"):
-        module = getattr(ema, name, None)
-        if isinstance(module, torch.nn.Module):
-            return module
-    if isinstance(ema, torch.nn.Module):
-        return ema
-    raise TypeError(f"cannot find the module of {type(ema).__name__}")
 
 
 def turn_privileged_text(turn: Turn, strength: str) -> str:
@@ -303,17 +301,13 @@ def divergence_loss(
 # ============================================================================================
 
 
-def _f(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
-    meta: dict[str, Any] = {"help": help}
-    if choices is not None:
-        meta["choices"] = choices
-    return field(default=default, metadata=meta)
-
 
 @dataclass
 class OPSDConfig(TrainConfig):
     """OPSD settings (algorithms.md §2). ``opsd_mode=shaping``: ``A ← A_GRPO − opsd_beta·Σℓ``;
     ``divergence``: ``grpo_coef·L_GRPO + distill_coef·JSD_jsd_beta`` at ``distill_temperature``."""
+
+    method: str = _f("opsd", "training method (set by the CLI sub-command)")
 
     privileged: str = _f("plan", "privileged information the teacher sees", PRIVILEGED_STRENGTHS)
     self_teacher: str = _f(
@@ -360,8 +354,6 @@ class OPSD(Method):
         score_privileged(ctx, self.view, episodes, self.text, self.cfg.temperature)
 
     def make_batch(self, ctx: TrainContext, groups: list[EpisodeGroup]) -> TrainBatch:
-        from trainers.methods.base import _pad_id
-
         return build_batch(groups, _pad_id(ctx.tokenizer), std_norm=self.cfg.adv_std_norm,
                            with_teacher=True)
 

@@ -18,7 +18,7 @@ As coded by the authors the KL terms become reward shaping of the group-relative
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,7 +38,7 @@ from trainers.methods.base import (
     build_batch,
 )
 from trainers.methods.opsd import PRIVILEGED_STRENGTHS, logits_at
-from trainers.train_config import TrainConfig
+from trainers.train_config import TrainConfig, _f
 
 __all__ = [
     "PiDistill",
@@ -101,10 +101,12 @@ def pi_distill_loss(
 class PiDistillConfig(TrainConfig):
     """π-Distill settings: ``J = pi_alpha·J_T + (1−pi_alpha)·J_S``; the clip is ``clip_low``/``clip_high``."""
 
-    privileged: str = field(default="plan", metadata={
-        "choices": PRIVILEGED_STRENGTHS, "help": "privileged information the sampler (teacher view) sees"})
-    pi_alpha: float = field(default=0.5, metadata={"help": "α: weight of the teacher-view objective J_T"})
-    pi_beta: float = field(default=0.25, metadata={"help": "β of the shaping A − β·Σ(log π_T − log π_S)"})
+    method: str = _f("pi-distill", "training method (set by the CLI sub-command)")
+
+    privileged: str = _f("plan", "privileged information the sampler (teacher view) sees",
+                         PRIVILEGED_STRENGTHS)
+    pi_alpha: float = _f(0.5, "α: weight of the teacher-view objective J_T")
+    pi_beta: float = _f(0.25, "β of the shaping A − β·Σ(log π_T − log π_S)")
 
     def __post_init__(self) -> None:
         super().__post_init__()

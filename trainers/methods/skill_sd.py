@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -52,7 +51,7 @@ from trainers.skills import (
     select_skill,
     skill_text,
 )
-from trainers.train_config import TrainConfig
+from trainers.train_config import TrainConfig, _f
 
 __all__ = ["SkillSD", "SkillSDConfig", "skill_sdl_loss", "build_summarizer", "pick_for_summary"]
 
@@ -68,16 +67,12 @@ def skill_sdl_loss(logp_BT: Tensor, teacher_logp_BT: Tensor, old_logp_BT: Tensor
     return importance_weighted_k3(logp_BT, teacher_logp_BT.detach(), old_logp_BT.detach())
 
 
-def _f(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
-    meta: dict[str, Any] = {"help": help}
-    if choices is not None:
-        meta["choices"] = choices
-    return field(default=default, metadata=meta)
-
 
 @dataclass
 class SkillSDConfig(TrainConfig):
     """Skill-SD settings: ``L = L_GRPO + skill_lambda·L_SDL``, UCB constant ``skill_c``."""
+
+    method: str = _f("skill-sd", "training method (set by the CLI sub-command)")
 
     skill_lambda: float = _f(0.001, "λ of the importance-weighted k3 distillation term")
     skill_c: float = _f(1.0, "c of the UCB skill selection mean + c·sqrt(ln N / n)")

@@ -23,7 +23,7 @@ The loss is the base method's (OPD: ``A_t = log π_T − log π_old`` in the cli
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
@@ -33,7 +33,7 @@ from trainers.config import ConfigError
 from trainers.methods import register_method
 from trainers.methods.base import Method, RolloutOverrides, TrainBatch, TrainContext
 from trainers.methods.opd import OPDConfig
-from trainers.train_config import TrainConfig
+from trainers.train_config import TrainConfig, _f
 
 __all__ = [
     "TCOD",
@@ -158,17 +158,13 @@ def curriculum_window(
 # ============================================================================================
 
 
-def _f(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
-    meta: dict[str, Any] = {"help": help}
-    if choices is not None:
-        meta["choices"] = choices
-    return field(default=default, metadata=meta)
-
 
 @dataclass
 class TCODConfig(OPDConfig):
     """TCOD settings. ``base_method`` is any registered method whose config this one extends
     (``opd`` — the paper — or ``grpo``); ``teacher`` is required only when the base needs one."""
+
+    method: str = _f("tcod", "training method (set by the CLI sub-command)")
 
     curriculum: str = _f("b2f", "which curriculum", ("b2f", "f2b", "none"))
     curriculum_k: int = _f(5, "k: the window moves by one turn every k steps")
@@ -281,11 +277,13 @@ class TCOD(Method):
 
 @dataclass
 class TCODF2BConfig(TCODConfig):
+    method: str = _f("tcod-f2b", "training method (set by the CLI sub-command)")
     curriculum: str = _f("f2b", "which curriculum", ("b2f", "f2b", "none"))
 
 
 @dataclass
 class TCODB2FConfig(TCODConfig):
+    method: str = _f("tcod-b2f", "training method (set by the CLI sub-command)")
     curriculum: str = _f("b2f", "which curriculum", ("b2f", "f2b", "none"))
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,7 +43,7 @@ from trainers.methods.base import (
     policy_loss,
 )
 from trainers.methods.opsd import build_teacher_view, score_privileged, turn_privileged_text
-from trainers.train_config import TrainConfig
+from trainers.train_config import TrainConfig, _f
 
 __all__ = [
     "TTOPD",
@@ -133,16 +133,12 @@ def teacher_update_kind(step: int, ema_interval: int, hard_copy_every: int) -> s
 # ============================================================================================
 
 
-def _f(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
-    meta: dict[str, Any] = {"help": help}
-    if choices is not None:
-        meta["choices"] = choices
-    return field(default=default, metadata=meta)
-
 
 @dataclass
 class TTOPDConfig(TrainConfig):
     """TT-OPD settings (algorithms.md §5): ``L = L_GRPO + tt_lambda·L_distill + kl_coef·KL_ref``."""
+
+    method: str = _f("tt-opd", "training method (set by the CLI sub-command)")
 
     kl_coef: float = _f(0.01, "k3 KL-to-reference coefficient (0.01 in the paper)")
     tt_lambda: float = _f(4.0, "λ: weight of the distillation surrogate")

@@ -1,0 +1,147 @@
+"""The method comparison (bench/compare.py): a tiny end-to-end run and its bookkeeping.
+
+The smoke run uses the ``smoke`` preset: a random 2-layer model with the real tokenizer, SFT warm
+start, GRPO and OPD on the easy household world, a 30-token generation budget. It checks the
+plumbing the real comparison relies on: the budget stops each run after the first step that
+crosses it (read back from the store's episodes), the curve is taken at the right token counts,
+every run and evaluation lands in one SQLite store, the report files exist, and a second call
+reuses the finished runs instead of training again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.compare import CompareConfig, TokenMeter, parse_args
+from bench.compare_report import (
+    RunResult,
+    check_claims,
+    claim_verdict,
+    success_se,
+    summarize,
+)
+from trainers.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "compare.py"), "--preset", "smoke", f"output_dir={out}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_smoke_run_respects_budget_and_records_everything(smoke):
+    from data import Store
+
+    out, paths = smoke
+    cfg = parse_args(["--preset", "smoke"])
+    data = json.loads(Path(paths["json"]).read_text())
+    runs = {r["method"]: r for r in data["runs"]}
+    assert set(runs) == {"grpo", "opd"}
+    store = Store(f"sqlite:///{out / 'compare.db'}")
+    for method, r in runs.items():
+        assert r["status"] == "finished", r["error"]
+        run = store.get_run(r["run_name"])
+        assert run.status == "finished" and run.method == method
+        # generated tokens per step, read back from the stored episodes
+        per_step = [sum(sum(t.loss_mask) for e in store.episodes(run.run_id, step=s) for t in e.turns)
+                    for s in range(r["steps"])]
+        assert sum(per_step) == r["tokens"] >= cfg.gen_token_budget
+        assert sum(per_step[:-1]) < cfg.gen_token_budget  # stopped at the first step crossing it
+        assert 1 <= r["steps"] <= cfg.max_steps
+        # curve: intermediate points at the step ends that passed k·budget/points, then the final
+        xs = [x for x, _ in r["curve"]]
+        assert xs == sorted(xs) and xs[-1] == r["tokens"]
+        assert r["curve"][-1][1] == r["success"]["valid_seen"]
+        for split in ("valid_seen", "valid_unseen"):
+            ev = store.get_run(f"{r['run_name']}-final-{split}")
+            assert store.count_episodes(ev.run_id) == cfg.eval_episodes
+        if method == "opd":
+            assert r["kl_key"] == "kl_teacher" and math.isfinite(r["mean_kl"])
+    warm = data["warm_start"][0]
+    assert Path(warm["student_dir"]).is_dir() and Path(warm["teacher_dir"]).is_dir()
+    assert warm["student_dir"] != warm["teacher_dir"]
+    assert store.get_run("sft-household-easy-v0").status == "finished"
+    report = Path(paths["markdown"]).read_text()
+    assert "| Household-Easy-v0 | grpo | 1 |" in report and "| Household-Easy-v0 | opd | 1 |" in report
+    assert "too small to conclude" in report
+    for key in ("curves", "final"):
+        assert Path(paths[key]).stat().st_size > 5000
+
+
+def test_second_call_reuses_finished_runs(smoke):
+    from bench.compare import run_comparison
+    from data import Store
+
+    out, paths = smoke
+    before = json.loads(Path(paths["json"]).read_text())["runs"]
+    n_runs = len(Store(f"sqlite:///{out / 'compare.db'}").runs())
+    cfg = parse_args(["--preset", "smoke", f"output_dir={out}"])
+    again = run_comparison(cfg, command="again")
+    assert json.loads(again["json"].read_text())["runs"] == before
+    assert len(Store(f"sqlite:///{out / 'compare.db'}").runs()) == n_runs  # nothing trained again
+
+
+def test_token_meter_curve_points():
+    meter = TokenMeter(budget=100, curve_points=4)
+    due = []
+    for n in (30, 30, 30, 30):
+        while meter.eval_due():
+            meter.evals_done += 1
+            due.append(meter.generated)
+        meter.add(n)
+    assert due == [30, 60, 90]  # points at >= 25, 50, 75 tokens, taken before the next step
+    assert meter.exhausted and meter.per_step == [30, 30, 30, 30]
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match="sft_student_steps"):
+        CompareConfig(sft_student_steps=5, sft_teacher_steps=2)
+    with pytest.raises(ConfigError, match="method_args"):
+        CompareConfig(methods="grpo", method_args={"opd": {"opd_coef": 2.0}})
+    with pytest.raises(ConfigError, match="unknown preset"):
+        parse_args(["--preset", "nope"])
+
+
+def _run(method: str, seed: int, seen: float, unseen: float, episodes: int = 10) -> RunResult:
+    return RunResult(env="E", method=method, seed=seed, run_name=f"{method}{seed}",
+                     success={"valid_seen": seen, "valid_unseen": unseen}, eval_episodes=episodes)
+
+
+def test_summary_statistics_by_hand():
+    runs = [_run("grpo", s, v, v) for s, v in enumerate((0.2, 0.4, 0.6))]
+    runs += [_run("sod", s, v, v) for s, v in enumerate((0.8, 0.8, 0.8))]
+    runs.append(RunResult(env="E", method="sod", seed=9, run_name="x", status="failed"))
+    grpo, sod = summarize(runs)
+    assert grpo.mean["valid_seen"] == pytest.approx(0.4)
+    assert grpo.std["valid_seen"] == pytest.approx(0.2)  # sample std of 0.2, 0.4, 0.6
+    # seed spread 0.2/sqrt(3) = 0.1155 beats the binomial sqrt(0.24/60) = 0.0632
+    assert grpo.se["overall"] == pytest.approx(0.2 / math.sqrt(3))
+    # no spread: the binomial term sqrt(0.16/60) decides
+    assert sod.n_seeds == 3 and sod.n_failed == 1
+    assert sod.se["overall"] == pytest.approx(math.sqrt(0.8 * 0.2 / 60))
+    (check,) = check_claims([grpo, sod])
+    assert check.delta_pts == pytest.approx(40.0)
+    assert check.verdict == "supported"  # 40 >= 2·se and >= 12.9/2
+
+
+def test_claim_verdicts():
+    assert claim_verdict(0.20, 0.05, 3, 14.0) == "supported"
+    assert claim_verdict(0.05, 0.02, 3, 14.0) == "direction only"  # real but < half the claim
+    assert claim_verdict(-0.20, 0.05, 3, 14.0) == "contradicted"
+    assert claim_verdict(0.05, 0.05, 3, 14.0) == "inconclusive"
+    assert claim_verdict(0.50, 0.01, 1, 14.0) == "inconclusive"  # one seed never concludes
+    assert success_se(0.0, 0.0, 1, 16) == pytest.approx(1 / 16)  # floored at one episode
