@@ -3,7 +3,7 @@
     python bench/compare.py --preset reduced                  # 1 seed, small budget (< 30 min, 2 cores)
     python bench/compare.py --preset full                     # 3 seeds, larger budget (a few hours)
     python bench/compare.py --preset reduced methods=grpo,opd envs=DistillGym/Calculator-v0
-    python bench/compare.py --help                            # every field
+    python bench/compare.py --help                            # every field (also: no arguments)
 
 ``--preset NAME`` reads ``configs/compare/NAME.yaml`` (the same as ``--config`` on that file);
 ``key=value`` arguments override it. What one comparison does, per env:
@@ -281,9 +281,13 @@ def load_policy(path: str) -> tuple[Any, Any]:
     """``(model, tokenizer)`` with any LoRA adapter merged in: a plain model the runs can copy."""
     from trainers.loop import load_any_model
 
+    import torch
+
     model, tok = load_any_model(path)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
+    if torch.cuda.is_available():  # evaluations outside the loop run where training runs
+        model = model.to("cuda")
     return model.eval(), tok
 
 
@@ -477,7 +481,7 @@ def _presets() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in args or "--help" in args:
+    if not args or "-h" in args or "--help" in args:  # bare call (make bench): help, no hours-long run
         print(__doc__)
         print(f"presets: {', '.join(_presets())}\n\n{config_help(CompareConfig)}")
         return 0

@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0] in ("-h", "--help"):
         print("usage: python bench/compare_report.py runs/compare/results.json")
-        return 0 if args and args[0] in ("-h", "--help") else 2
+        return 2 if len(args) > 1 else 0  # bare call (make bench): usage only
     path = Path(args[0])
     runs, warm, data = load_results(path)
     paths = write_report(path.parent, runs, warm, command=data["command"], config=data["config"])

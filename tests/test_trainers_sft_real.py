@@ -17,7 +17,7 @@ import torch
 ENV = "DistillGym/Household-v0"
 KW = {"task_types": ["pick_and_place_simple"]}
 N_EVAL = int(os.environ.get("DG_SFT_EVAL_EPISODES", "4"))
-STEPS = int(os.environ.get("DG_SFT_STEPS", "6"))
+STEPS = int(os.environ.get("DG_SFT_STEPS", "4"))
 
 
 def demo_nll(model, tok, groups) -> float:
@@ -60,8 +60,8 @@ def test_sft_on_expert_demos_lowers_demo_loss_and_raises_success(tmp_path, smoll
     nll0, succ0 = demo_nll(model, tok, held_out), greedy_success(model, tok)
     cfg = parse_config(SFTConfig, [
         f"env={ENV}", "env_kwargs={task_types: [pick_and_place_simple]}", "finetune=full",
-        "lr=5e-5", f"steps={STEPS}", "tasks_per_step=8", "max_turns=10", "max_new_tokens=12",
-        "max_context_tokens=2048", "token_budget=4096", "warmup_steps=1", "schedule=constant_with_warmup",
+        "lr=1e-4", f"steps={STEPS}", "tasks_per_step=6", "max_turns=10", "max_new_tokens=12",
+        "max_context_tokens=2048", "token_budget=4096", "warmup_steps=0", "schedule=constant",
         f"output_dir={tmp_path}", "run_name=sft-real", "progress=false", "checkpoint_every=0", "method=sft",
     ])
     result = train(cfg, policy=(model, tok))

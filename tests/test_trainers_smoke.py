@@ -133,6 +133,7 @@ def test_unknown_env_and_teacher_with_other_tokenizer(tmp_path):
     other.save_pretrained(tmp_path / "teacher")
     with pytest.raises(TeacherMismatchError, match="different tokenizer"):
         train(tiny_cfg("opd", tmp_path, f"teacher={tmp_path / 'teacher'}", "run_name=mismatch"))
+    assert Store(f"sqlite:///{tmp_path / 'distillgym.db'}").get_run("mismatch").status == "failed"
 
 
 @register_method("nan-test")
@@ -199,3 +200,13 @@ def test_bench_train_step_reports_shares(tmp_path):
     assert lora["trained_tokens"] > 0 and lora["trained_tokens_per_s"] > 0
     assert set(lora["share"]) == {"rollout", "scoring", "loss", "optimizer"}
     assert 0.5 < sum(lora["share"].values()) <= 1.0001
+
+
+def test_quickstart_configs_parse():
+    from trainers.methods.opd import OPDConfig
+    from trainers.methods.sft import SFTConfig
+
+    sft = load_yaml(SFTConfig, ROOT / "configs" / "quickstart.yaml")
+    opd = load_yaml(OPDConfig, ROOT / "configs" / "quickstart_opd.yaml")
+    assert sft.method == "sft" and opd.method == "opd"
+    assert opd.teacher == f"{sft.output_dir}/{sft.run_name}/final"

@@ -317,6 +317,7 @@ def train_step(
     t_loss = time.perf_counter()
 
     params = [p for p in ctx.model.parameters() if p.requires_grad]
+    lr = scheduler.get_last_lr()[0]  # the learning rate this step uses
     grad_norm = float("nan")
     if not bad:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf")))
@@ -338,7 +339,7 @@ def train_step(
     stats.update(episode_stats(episodes))
     stats.update({
         "skipped": float(bad), "bad_steps": float(state.bad_steps), "grad_norm": grad_norm,
-        "lr": scheduler.get_last_lr()[0], "trained_tokens": float(batch.num_tokens),
+        "lr": lr, "trained_tokens": float(batch.num_tokens),
         "tokens_per_s": batch.num_tokens / max(t_end - t0, 1e-9),
         "time_rollout_s": t_rollout - t0, "time_score_s": t_score - t_rollout,
         "time_loss_s": t_loss - t_score, "time_optim_s": t_end - t_loss, "time_step_s": t_end - t0,
@@ -400,19 +401,23 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
     ctx = TrainContext(cfg=cfg, model=model, tokenizer=tokenizer, backend=backend,
                        renderer_factory=renderer_factory, store=store, run_id=run_id,
                        device=device, family=family, env_id=cfg.env)
-    if cfg.kl_coef and cfg.finetune == "full":
-        ctx.reference = copy.deepcopy(model).requires_grad_(False).eval()
-    method.setup(ctx)
-    optimizer, scheduler = build_optimizer(cfg, model)
-    cursor = TaskCursor(train_task_ids(cfg.env, cfg.train_split, cfg.num_train_tasks, cfg.env_kwargs),
-                        cfg.seed)
-    state = TrainerState()
-    logger = MetricsLogger(run_dir / "metrics.csv", store=store, run_id=run_id,
-                           tensorboard=cfg.log_tensorboard, wandb=cfg.log_wandb,
-                           run_name=run_name, config=config_to_dict(cfg))
+    try:  # a setup failure (e.g. a teacher with another tokenizer) marks the run failed
+        if cfg.kl_coef and cfg.finetune == "full":
+            ctx.reference = copy.deepcopy(model).requires_grad_(False).eval()
+        method.setup(ctx)
+        optimizer, scheduler = build_optimizer(cfg, model)
+        cursor = TaskCursor(train_task_ids(cfg.env, cfg.train_split, cfg.num_train_tasks, cfg.env_kwargs),
+                            cfg.seed)
+        state = TrainerState()
+        logger = MetricsLogger(run_dir / "metrics.csv", store=store, run_id=run_id,
+                               tensorboard=cfg.log_tensorboard, wandb=cfg.log_wandb,
+                               run_name=run_name, config=config_to_dict(cfg))
 
-    if cfg.resume:
-        state = _resume(ctx, method, optimizer, scheduler, run_dir, cursor, logger)
+        if cfg.resume:
+            state = _resume(ctx, method, optimizer, scheduler, run_dir, cursor, logger)
+    except BaseException:
+        store.set_status(run_id, "failed")
+        raise
 
     status = "failed"
     bar = _progress(cfg, state.step)
