@@ -5,22 +5,49 @@ are and every later stage (teacher scoring, the trainer's recomputation) uses th
 Heavy dependencies (torch, vllm) are imported by the submodules that need them.
 """
 
-from agents.backends import (
-    Completion,
-    GenerationBackend,
-    HFBackend,
-    SamplingParams,
-    VLLMBackend,
-    make_backend,
-)
-from agents.ema import EMATeacher
-from agents.errors import AgentsError, BackendError, ScoringError, TemplateError, TokenDriftError
-from agents.parsing import ParsedAction, parse_action
-from agents.renderers import Renderer, strip_span
-from agents.rollout import RolloutConfig, RolloutStats, collect_groups, student_view
-from agents.scoring import score_turns, sequence_logprobs, vllm_prompt_logprobs
-from agents.system_prompts import system_text
-from agents.types import EndReason, Episode, EpisodeGroup, Turn
+from importlib import import_module
+from typing import Any
+
+_LAZY = {
+    "AgentsError": "agents.errors",
+    "BackendError": "agents.errors",
+    "Completion": "agents.backends",
+    "EMATeacher": "agents.ema",
+    "EndReason": "agents.types",
+    "Episode": "agents.types",
+    "EpisodeGroup": "agents.types",
+    "GenerationBackend": "agents.backends",
+    "HFBackend": "agents.backends",
+    "ParsedAction": "agents.parsing",
+    "Renderer": "agents.renderers",
+    "RolloutConfig": "agents.rollout",
+    "RolloutStats": "agents.rollout",
+    "SamplingParams": "agents.backends",
+    "ScoringError": "agents.errors",
+    "TemplateError": "agents.errors",
+    "TokenDriftError": "agents.errors",
+    "Turn": "agents.types",
+    "VLLMBackend": "agents.backends",
+    "collect_groups": "agents.rollout",
+    "make_backend": "agents.backends",
+    "parse_action": "agents.parsing",
+    "score_turns": "agents.scoring",
+    "sequence_logprobs": "agents.scoring",
+    "strip_span": "agents.renderers",
+    "student_view": "agents.rollout",
+    "system_text": "agents.system_prompts",
+    "vllm_prompt_logprobs": "agents.scoring",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import public names on first use, so ``import agents.types`` (the store does) stays light."""
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'agents' has no attribute {name!r}")
+
 
 __all__ = [
     "AgentsError",

@@ -141,11 +141,14 @@ def _start_slot(
     episode = Episode(env_id=env_id, task_id=task_id, seed=seed, group_id=group_id,
                       episode_id=uuid.uuid4().hex, privileged=cfg.privileged_strength)
     episode.info["group_index"] = g
+    if env_kwargs:
+        episode.info["env_kwargs"] = dict(env_kwargs)  # replay rebuilds the same env from the store
     slot = _Slot(env=env, renderer=None, episode=episode)  # type: ignore[arg-type]
     try:
         with _Timer(stats, "env_s"):
             obs, info = env.reset(seed=seed, options={"task_id": task_id})
         episode.task_type = str(info.get("task_type", ""))
+        episode.initial_observation = obs
         slot.renderer = _make_renderer(source, env, info)
         slot.prompt_ids = slot.renderer.start(obs)
         if prefix:
