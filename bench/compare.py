@@ -279,9 +279,9 @@ def _unique_run_name(store: Any, name: str) -> str:
 
 def load_policy(path: str) -> tuple[Any, Any]:
     """``(model, tokenizer)`` with any LoRA adapter merged in: a plain model the runs can copy."""
-    from trainers.loop import load_any_model
-
     import torch
+
+    from trainers.loop import load_any_model
 
     model, tok = load_any_model(path)
     if hasattr(model, "merge_and_unload"):
