@@ -351,3 +351,32 @@ def test_cli_list_play_expert_and_piped_stdin():
     human = _cli("play", "DistillGym/Household-v0", "--seed", "4", stdin="inventory\nfly away\n")
     assert "You are not carrying anything." in human and NOTHING in human
     assert "(end of input)" in human and "not won" in human
+
+
+def test_env_expert_can_be_the_observation_only_explorer():
+    """``expert="explorer"``: expert_action() plays from observations only (imitable demos) and
+    keeps working after the agent's own (here: invalid and wandering) actions."""
+    env = HouseholdEnv(difficulty=2, expert="explorer")
+    oracle = HouseholdEnv(difficulty=2)
+    wins, longer = 0, 0
+    for i, task_id in enumerate(env.task_ids("valid_seen", 40)):
+        obs, _ = env.reset(options={"task_id": task_id})
+        if i % 2:
+            env.step("dance wildly")
+            env.step("look")
+        for _ in range(HORIZON - 2):
+            obs, reward, terminated, _, info = env.step(env.expert_action())
+            if terminated:
+                wins += info["won"]
+                break
+        oracle.reset(options={"task_id": task_id})
+        n_oracle = 0
+        while True:
+            n_oracle += 1
+            if oracle.step(oracle.expert_action())[2]:
+                break
+        longer += env.steps_taken > n_oracle
+    assert wins == 40
+    assert longer > 0  # it searches where the oracle walks straight to the object
+    with pytest.raises(Exception, match="oracle' or 'explorer"):
+        HouseholdEnv(expert="psychic")

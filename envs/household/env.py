@@ -20,7 +20,7 @@ from envs.base import (
     parse_task_id,
 )
 from envs.household.catalog import APPLIANCE, TASK_TYPES
-from envs.household.experts import oracle_action, oracle_plan, subgoals
+from envs.household.experts import Explorer, oracle_action, oracle_plan, subgoals
 from envs.household.generate import LEVELS, generate
 from envs.household.world import HAND, NOTHING, Task, World
 
@@ -73,6 +73,7 @@ class HouseholdEnv(TextEnv):
         expose_privileged: bool = False,
         difficulty: int = 1,
         task_types: list[str] | tuple[str, ...] | None = None,
+        expert: str = "oracle",
     ) -> None:
         super().__init__(render_mode, expose_privileged=expose_privileged, difficulty=difficulty)
         self.difficulty = _level(difficulty)
@@ -81,6 +82,13 @@ class HouseholdEnv(TextEnv):
         if unknown:
             raise InvalidOptionError(f"unknown task types {unknown}; expected some of {TASK_TYPES}")
         self.task_types: tuple[str, ...] = types
+        if expert not in ("oracle", "explorer"):
+            raise InvalidOptionError(f"household expert must be 'oracle' or 'explorer', got {expert!r}")
+        # Which expert answers expert_action(): the oracle knows where everything is; the explorer
+        # sees only the observations, like the agent (its demonstrations are imitable by a student
+        # that cannot see hidden objects). The privileged channel always uses the oracle.
+        self.expert = expert
+        self._explorer: Explorer | None = None
         self.world: World | None = None
         self.task: Task | None = None
         self._first_subgoals: list[str] = []
@@ -99,13 +107,19 @@ class HouseholdEnv(TextEnv):
             rng, LEVELS[difficulty], self.task_types, unseen=split == "valid_unseen"
         )
         self._first_subgoals = subgoals(self.world, self.task)
-        return f"{self.world.room_text()}\n\nYour task is to: {self.task.goal_text}"
+        first = f"{self.world.room_text()}\n\nYour task is to: {self.task.goal_text}"
+        if self.expert == "explorer":
+            self._explorer = Explorer()
+            self._explorer.observe(None, first)
+        return first
 
     def _act(self, action: str) -> StepOutcome:
         w, task = self._state()
         if len(action) > _MAX_COMMAND_CHARS:
             return StepOutcome(NOTHING, valid=False, reward_breakdown={"success": 0.0})
         feedback, valid = w.apply(action)
+        if self._explorer is not None:
+            self._explorer.observe(action.strip(), feedback)
         won = valid and w.goal_satisfied(task)
         return StepOutcome(
             feedback,
@@ -128,8 +142,11 @@ class HouseholdEnv(TextEnv):
         return INSTRUCTIONS
 
     def expert_action(self) -> str:
-        """The oracle's next command (knows where everything is; re-plans from any state)."""
+        """The expert's next command: the oracle (knows where everything is; re-plans from any
+        state) or, with ``expert="explorer"``, the observation-only explorer."""
         w, task = self._state()
+        if self._explorer is not None:
+            return self._explorer.act()
         return oracle_action(w, task)
 
     def _privileged(self) -> Privileged:
