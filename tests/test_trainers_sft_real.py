@@ -15,9 +15,9 @@ import pytest
 import torch
 
 ENV = "DistillGym/Household-v0"
-KW = {"task_types": ["pick_and_place_simple"]}
-N_EVAL = int(os.environ.get("DG_SFT_EVAL_EPISODES", "4"))
-STEPS = int(os.environ.get("DG_SFT_STEPS", "4"))
+KW = {"task_types": ["pick_and_place_simple"], "expert": "explorer"}
+N_EVAL = int(os.environ.get("DG_SFT_EVAL_EPISODES", "8"))
+STEPS = int(os.environ.get("DG_SFT_STEPS", "8"))
 
 
 def demo_nll(model, tok, groups) -> float:
@@ -37,7 +37,7 @@ def greedy_success(model, tok) -> tuple[float, float]:
     from trainers.evaluate import evaluate_policy
 
     rep = evaluate_policy(HFBackend(model, tok), functools.partial(Renderer.for_env, tok), ENV,
-                          split="valid_seen", episodes=N_EVAL, greedy=True, max_turns=6,
+                          split="valid_seen", episodes=N_EVAL, greedy=True, max_turns=10,
                           max_new_tokens=12, env_kwargs=KW)
     turns = [t for e in rep.episodes for t in e.turns]
     return rep.success_rate, sum(t.action_valid for t in turns) / max(len(turns), 1)
@@ -61,8 +61,8 @@ def test_sft_on_expert_demos_lowers_demo_loss_and_raises_success(tmp_path, smoll
                                      max_context_tokens=2048, max_new_tokens=12, env_kwargs=KW)
     nll0, (succ0, valid0) = demo_nll(model, tok, held_out), greedy_success(model, tok)
     cfg = parse_config(SFTConfig, [
-        f"env={ENV}", "env_kwargs={task_types: [pick_and_place_simple]}", "finetune=full",
-        "lr=1e-4", f"steps={STEPS}", "tasks_per_step=6", "max_turns=10", "max_new_tokens=12",
+        f"env={ENV}", "env_kwargs={task_types: [pick_and_place_simple], expert: explorer}", "finetune=full",
+        "lr=1e-4", f"steps={STEPS}", "tasks_per_step=8", "max_turns=10", "max_new_tokens=12",
         "max_context_tokens=2048", "token_budget=4096", "warmup_steps=0", "schedule=constant",
         f"output_dir={tmp_path}", "run_name=sft-real", "progress=false", "checkpoint_every=0", "method=sft",
     ])
@@ -72,8 +72,8 @@ def test_sft_on_expert_demos_lowers_demo_loss_and_raises_success(tmp_path, smoll
           f"{succ0:.2f} -> {succ1:.2f}, valid actions {valid0:.2f} -> {valid1:.2f} ({N_EVAL} episodes); train nll "
           f"{result.metrics[0]['nll']:.3f} -> {result.metrics[-1]['nll']:.3f}")
     assert nll1 < nll0 - 0.2
-    # Measured (6 steps x 8 demos): success 0/4 -> 0/4: the oracle's demos walk straight to the
-    # hidden object, which the student cannot see, so a few SFT steps teach the command format
-    # (valid actions) before they teach search. Success must not fall; valid actions must rise.
-    assert succ1 >= succ0
-    assert valid1 > valid0
+    # Demos come from the observation-only explorer: with the oracle's demos (which walk straight to
+    # objects the student cannot see) 6 steps gave 0/4 -> 0/4. Measured with the explorer, 8 steps x
+    # 8 demos: 0/8 -> 2/8 greedy success on valid_seen.
+    assert valid1 > valid0 + 0.3
+    assert succ1 > succ0
