@@ -111,6 +111,7 @@ class CompareConfig:
     temperature: float = _f(1.0, "sampling temperature")
     backend: str = _f("hf", "generation backend", ("auto", "hf", "vllm"))
     method_args: dict = _f({}, "per-method overrides, e.g. {tcod-f2b: {curriculum_k: 1}}")
+    env_kwargs: dict = _f({}, "per-env kwargs for envs.make, e.g. {DistillGym/Household-Easy-v0: {expert: explorer}}")
     progress: bool = _f(True, "progress bars")
     reuse: bool = _f(True, "skip warm starts and runs whose results already exist in output_dir")
 
@@ -236,7 +237,8 @@ def evaluate(backend: Any, renderer_factory: Any, cfg: CompareConfig, env: str, 
 
     return evaluate_policy(backend, renderer_factory, env, split=split, episodes=cfg.eval_episodes,
                            greedy=True, seed=0, max_turns=cfg.max_turns,
-                           max_new_tokens=cfg.max_new_tokens, max_context_tokens=cfg.max_context_tokens)
+                           max_new_tokens=cfg.max_new_tokens, max_context_tokens=cfg.max_context_tokens,
+                           env_kwargs=dict(cfg.env_kwargs.get(env, {})))
 
 
 def evaluate_model(model: Any, tokenizer: Any, cfg: CompareConfig, env: str, store: Any,
@@ -304,6 +306,7 @@ def warm_start(cfg: CompareConfig, env: str, store: Any) -> WarmStart:
     name = _unique_run_name(store, f"sft-{_slug(env)}")
     sft = from_dict(SFTConfig, {
         "method": "sft", "run_name": name, "env": env, "model": cfg.model, "seed": 0,
+        "env_kwargs": dict(cfg.env_kwargs.get(env, {})),
         "steps": cfg.sft_teacher_steps, "tasks_per_step": cfg.sft_tasks_per_step, "lr": cfg.sft_lr,
         "finetune": cfg.sft_finetune, "lora_r": cfg.lora_r, "max_turns": max(cfg.max_turns, 8),
         "max_new_tokens": cfg.max_new_tokens, "max_context_tokens": cfg.max_context_tokens,
@@ -342,6 +345,7 @@ def method_config(cfg: CompareConfig, env: str, method: str, seed: int, warm: Wa
     cls = get_method(method).config_cls
     values: dict[str, Any] = {
         "method": method, "run_name": run_name, "seed": seed, "env": env, "model": warm.student_dir,
+        "env_kwargs": dict(cfg.env_kwargs.get(env, {})),
         "steps": cfg.max_steps, "output_dir": str(Path(cfg.output_dir) / "runs"),
         "store": cfg.store_url, "tasks_per_step": cfg.tasks_per_step, "group_size": cfg.group_size,
         "max_turns": cfg.max_turns, "max_new_tokens": cfg.max_new_tokens,
