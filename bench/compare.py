@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.compare_report import SPLITS, RunResult, WarmStart, write_report  # noqa: E402
 from trainers.config import ConfigError, config_help, config_to_dict, from_dict, parse_config  # noqa: E402
+from trainers.config import config_field as _f  # noqa: E402
 
 __all__ = [
     "CompareConfig",
@@ -67,13 +68,6 @@ PRESET_DIR = ROOT / "configs" / "compare"
 KL_KEYS = ("kl_teacher", "kl_teacher_student", "kl_ref", "kl_old")  # first one a method logs
 
 
-def _f(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
-    meta: dict[str, Any] = {"help": help}
-    if choices:
-        meta["choices"] = choices
-    if isinstance(default, dict):
-        return field(default_factory=lambda: dict(default), metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass

@@ -26,6 +26,7 @@ import yaml
 
 __all__ = [
     "ConfigError",
+    "config_field",
     "config_to_dict",
     "config_help",
     "dump_yaml",
@@ -41,6 +42,19 @@ _FALSE = {"0", "false", "no", "off", "n"}
 
 class ConfigError(ValueError):
     """A config value is unknown, of the wrong type or not allowed. The message names the field."""
+
+
+def config_field(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
+    """A dataclass field carrying ``help`` (and allowed ``choices``) metadata for the CLI and checks.
+
+    Mutable defaults (dict, list) become a ``default_factory`` that copies them.
+    """
+    meta: dict[str, Any] = {"help": help}
+    if choices is not None:
+        meta["choices"] = choices
+    if isinstance(default, (dict, list)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 def _field_types(cls: type) -> dict[str, Any]:

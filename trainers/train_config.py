@@ -8,10 +8,9 @@ values live in the field metadata (``choices``) and cross-field checks in ``__po
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from trainers.config import ConfigError
+from trainers.config import ConfigError, config_field
 
 __all__ = ["TrainConfig", "DEFAULT_ENV", "DEFAULT_MODEL"]
 
@@ -19,14 +18,7 @@ DEFAULT_ENV = "DistillGym/Household-v0"
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
-def _f(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
-    """A dataclass field with ``help`` (and ``choices``) metadata for the CLI and config checks."""
-    meta: dict[str, Any] = {"help": help}
-    if choices is not None:
-        meta["choices"] = choices
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
+_f = config_field  # short local name: every field below uses it
 
 
 @dataclass

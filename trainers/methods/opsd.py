@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from agents.rollout import STRENGTHS as ROLLOUT_STRENGTHS
 from agents.types import Episode, EpisodeGroup, Turn
 from trainers.config import ConfigError
+from trainers.config import config_field as _f
 from trainers.losses import aggregate, masked_sum
 from trainers.methods import register_method
 from trainers.methods.base import (
@@ -46,7 +47,7 @@ from trainers.methods.base import (
     build_batch,
     policy_loss,
 )
-from trainers.train_config import TrainConfig, _f
+from trainers.train_config import TrainConfig
 
 __all__ = [
     "OPSD",

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from agents.renderers import strip_span
 from agents.types import Episode, EpisodeGroup
 from trainers.config import ConfigError
+from trainers.config import config_field as _f
 from trainers.losses import aggregate, clipped_surrogate, k3_kl, masked_mean, masked_sum
 from trainers.methods import register_method
 from trainers.methods.base import (
@@ -38,7 +39,7 @@ from trainers.methods.base import (
     build_batch,
 )
 from trainers.methods.opsd import PRIVILEGED_STRENGTHS, logits_at
-from trainers.train_config import TrainConfig, _f
+from trainers.train_config import TrainConfig
 
 __all__ = [
     "PiDistill",

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from agents.types import EndReason, Episode, EpisodeGroup, Turn
 from trainers.config import ConfigError
+from trainers.config import config_field as _f
 from trainers.errors import TrainerError
 from trainers.losses import aggregate
 from trainers.methods import register_method
@@ -51,7 +52,7 @@ from trainers.skills import (
     select_skill,
     skill_text,
 )
-from trainers.train_config import TrainConfig, _f
+from trainers.train_config import TrainConfig
 
 __all__ = ["SkillSD", "SkillSDConfig", "skill_sdl_loss", "build_summarizer", "pick_for_summary"]
 

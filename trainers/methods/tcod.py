@@ -30,10 +30,11 @@ from torch import Tensor
 
 from agents.types import EpisodeGroup
 from trainers.config import ConfigError
+from trainers.config import config_field as _f
 from trainers.methods import register_method
 from trainers.methods.base import Method, RolloutOverrides, TrainBatch, TrainContext
 from trainers.methods.opd import OPDConfig
-from trainers.train_config import TrainConfig, _f
+from trainers.train_config import TrainConfig
 
 __all__ = [
     "TCOD",

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from agents.types import Episode, EpisodeGroup, Turn
 from trainers.config import ConfigError
+from trainers.config import config_field as _f
 from trainers.losses import aggregate, clipped_surrogate, group_advantages, masked_mean
 from trainers.methods import register_method
 from trainers.methods.base import (
@@ -43,7 +44,7 @@ from trainers.methods.base import (
     policy_loss,
 )
 from trainers.methods.opsd import build_teacher_view, score_privileged, turn_privileged_text
-from trainers.train_config import TrainConfig, _f
+from trainers.train_config import TrainConfig
 
 __all__ = [
     "TTOPD",
