@@ -21,7 +21,6 @@ import importlib.util
 import json
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -239,12 +238,3 @@ def tiny_model(
     model.eval()
     return model, tokenizer
 
-
-def timed_load(name: str = "smollm2-135m-instruct") -> dict[str, float]:
-    """Load a model twice; return both wall times in seconds (used by bench/model_load.py)."""
-    start = time.perf_counter()
-    load_model(name)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    load_model(name)
-    return {"first_s": first, "second_s": time.perf_counter() - start}
