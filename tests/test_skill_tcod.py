@@ -222,7 +222,7 @@ def test_worker_summarizes_async_and_never_stores_malformed(bank, stub):
 def test_policy_model_summarizer_runs_and_its_garbage_is_dropped(bank, tiny):
     from trainers.skills import ModelSummarizer
 
-    summarizer = ModelSummarizer(tiny[0], tiny[1], max_new_tokens=8)
+    summarizer = ModelSummarizer(tiny[0], tiny[1], max_new_tokens=8, structured=False)
     assert isinstance(summarizer.complete([{"role": "user", "content": "hi"}]), str)
     worker = SkillWorker(summarizer, bank, max_attempts=1)
     worker.submit(_episode())
@@ -231,6 +231,45 @@ def test_policy_model_summarizer_runs_and_its_garbage_is_dropped(bank, tiny):
     # a random tiny model cannot write the JSON: recorded as dropped, not as an error
     assert (worker.stats.stored, worker.stats.dropped, worker.stats.errors) == (0, 1, 0)
     assert bank.size() == 0
+
+
+def test_structured_summarizer_always_writes_json_with_the_schemas_keys(tiny):
+    from trainers.skills import SKILL_KEYS, ModelSummarizer
+
+    summarizer = ModelSummarizer(tiny[0], tiny[1], structured=True, field_max_tokens=6)
+    for text in ("hi", 'a "quoted" \\ task'):
+        out = json.loads(summarizer.complete([{"role": "user", "content": text}]))
+        assert list(out) == list(SKILL_KEYS)
+        assert all(isinstance(v, str) and '"' not in v and len(v) < 200 for v in out.values())
+
+
+def _household_win() -> Episode:
+    steps = [("go to countertop 1", "You arrive at countertop 1. On the countertop 1, you see a cloth 1."),
+             ("take cloth 1 from countertop 1", "You pick up the cloth 1 from the countertop 1."),
+             ("go to bathtubbasin 1", "You arrive at bathtubbasin 1. On the bathtubbasin 1, you see nothing."),
+             ("move cloth 1 to bathtubbasin 1", "You move the cloth 1 to the bathtubbasin 1.")]
+    turns = [Turn(index=i, prompt_ids=[1], completion_ids=[2], sampler_logprobs=[-1.0], loss_mask=[1],
+                  action_text=a, action=a, action_valid=True, observation=o, reward=float(i == 3))
+             for i, (a, o) in enumerate(steps)]
+    first = "You are in the middle of a room. You see a countertop 1 and a bathtubbasin 1.\n\n" \
+            "Your task is to: put a cloth in bathtubbasin."
+    return Episode(env_id=ENV, task_id="train-000003", seed=0, turns=turns, reward=1.0, won=True,
+                   episode_id="ep-real", info={"first_observation": first})
+
+
+def test_bundled_model_writes_schema_valid_skills_only_when_structured(bank, smollm2):
+    """The 135M policy as its own summarizer: free text never parses, constrained decoding does."""
+    from trainers.skills import ModelSummarizer
+
+    free = ModelSummarizer(*smollm2, max_new_tokens=48, structured=False)
+    assert summarize_episode(free, _household_win(), max_attempts=1) is None
+    worker = SkillWorker(ModelSummarizer(*smollm2, structured=True, field_max_tokens=24), bank, max_attempts=1)
+    worker.submit(_household_win())
+    worker.drain()
+    worker.close()
+    assert (worker.stats.stored, worker.stats.dropped, worker.stats.errors) == (1, 0, 0)
+    (skill,) = bank.for_task("train-000003")
+    assert skill.content["success_analysis"].strip() and skill.content["golden_workflow"].strip()
 
 
 def test_pick_for_summary_prefers_best_completed_episodes():

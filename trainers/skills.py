@@ -204,30 +204,55 @@ class Summarizer(Protocol):
 class ModelSummarizer:
     """A local Hugging Face causal LM (the policy itself by default) used as the summarizer.
 
+    ``structured=True`` (the default) is constrained decoding for this flat schema: the JSON
+    skeleton is forced and the model only writes each value, greedily, until it closes the string
+    (a ``"``) or reaches ``field_max_tokens``. The values are escaped with :func:`json.dumps`, so the
+    result always parses; a value the model leaves empty still fails :data:`SKILL_SCHEMA` and is
+    retried or dropped like any malformed output. Small models (the bundled 135M one) almost never
+    write a whole schema-valid object unaided; ``structured=False`` asks for the object as free text.
+
     ``lock`` serializes generation with other users of the same model object (the trainer passes
-    its own lock when the summarizer shares the policy's weights). Sampling is greedy.
+    its own lock when the summarizer shares the policy's weights).
     """
 
     model: Any
     tokenizer: Any
     max_new_tokens: int = 256
     lock: threading.Lock = field(default_factory=threading.Lock)
+    structured: bool = True
+    field_max_tokens: int = 64
 
     def complete(self, messages: list[dict[str, str]]) -> str:
+        if not self.structured:
+            prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return self._generate(prompt, self.max_new_tokens)
+        return self._complete_structured(messages)
+
+    def _complete_structured(self, messages: list[dict[str, str]]) -> str:
+        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        reply = "{"
+        for i, key in enumerate(SKILL_KEYS):
+            reply += ("" if i == 0 else ", ") + f'"{key}": "'
+            raw = self._generate(prompt + reply, self.field_max_tokens, stop='"')
+            value = raw.split('"', 1)[0].strip()
+            reply = reply[: -1] + json.dumps(value)  # replace the opening quote by the escaped string
+        return reply + "}"
+
+    def _generate(self, prompt: str, max_new_tokens: int, stop: str | None = None) -> str:
         import torch
 
-        ids = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
+        ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         device = next(self.model.parameters()).device
         input_ids = ids["input_ids"].to(device)
+        extra: dict[str, Any] = {"stop_strings": [stop], "tokenizer": self.tokenizer} if stop else {}
         with self.lock, torch.no_grad():
             out = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=ids["attention_mask"].to(device),
-                max_new_tokens=self.max_new_tokens,
+                max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                **extra,
             )
         return self.tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True)
 

@@ -83,6 +83,8 @@ class SkillSDConfig(TrainConfig):
     summarizer_url: str = _f("", "OpenAI-compatible base URL for summarizer=http (POST /v1/chat/completions)")
     summarizer_api_model: str = _f("default", "the 'model' field sent to the HTTP endpoint")
     summarizer_max_tokens: int = _f(256, "max tokens of one summary")
+    summarizer_structured: bool = _f(True, "local summarizers: force the JSON skeleton, the model writes "
+                                     "only the values (constrained decoding; small models need it)")
     summarizer_attempts: int = _f(2, "attempts per trajectory before a malformed summary is dropped")
     skills_per_group: int = _f(1, "trajectories summarized per group and step (the best rewards)")
     summarize_only_won: bool = _f(False, "summarize only successful trajectories")
@@ -110,8 +112,10 @@ def build_summarizer(cfg: SkillSDConfig, ctx: TrainContext, lock: threading.Lock
         from agents.models import load_model
 
         model, tokenizer = load_model(cfg.summarizer_model)
-        return ModelSummarizer(model.to(ctx.device).eval(), tokenizer, cfg.summarizer_max_tokens)
-    return ModelSummarizer(ctx.model, ctx.tokenizer, cfg.summarizer_max_tokens, lock=lock)
+        return ModelSummarizer(model.to(ctx.device).eval(), tokenizer, cfg.summarizer_max_tokens,
+                               structured=cfg.summarizer_structured)
+    return ModelSummarizer(ctx.model, ctx.tokenizer, cfg.summarizer_max_tokens, lock=lock,
+                           structured=cfg.summarizer_structured)
 
 
 def pick_for_summary(group: EpisodeGroup, k: int, only_won: bool = False) -> list[Episode]:
