@@ -54,17 +54,18 @@ def episode_to_rows(
         "info": dict(episode.info),
     }
     turn_rows = []
-    previous: list[int] | None = None
+    previous: tuple[list[int], list[int]] | None = None  # the previous turn's (prompt, completion)
     for turn in episode.turns:
         check_turn(turn)
-        prefix_len, suffix = _prompt_delta(list(turn.prompt_ids), previous)
-        previous = list(turn.prompt_ids) + list(turn.completion_ids)
+        prompt, completion = _as_list(turn.prompt_ids), _as_list(turn.completion_ids)
+        prefix_len, suffix = _prompt_delta(prompt, previous)
+        previous = (prompt, completion)
         turn_rows.append(
             {
                 "index": turn.index,
                 "prompt_prefix_len": prefix_len,
                 "prompt_suffix": codec.encode_ids(suffix),
-                "completion_ids": codec.encode_ids(turn.completion_ids),
+                "completion_ids": codec.encode_ids(completion),
                 "sampler_logprobs": codec.encode_floats(turn.sampler_logprobs),
                 "teacher_logprobs": _opt_floats(turn.teacher_logprobs),
                 "loss_mask": codec.encode_mask(turn.loss_mask),
@@ -84,17 +85,26 @@ def episode_to_rows(
     return ep_row, turn_rows
 
 
+def _as_list(ids: Sequence[int]) -> list[int]:
+    return ids if isinstance(ids, list) else list(ids)
+
+
 def _prompt_delta(
-    prompt: list[int], previous: list[int] | None
+    prompt: list[int], previous: tuple[list[int], list[int]] | None
 ) -> tuple[int, list[int] | np.ndarray]:
-    """(shared prefix length, suffix); the usual case (prompt extends previous) avoids numpy."""
+    """(length shared with the previous turn's prompt + completion, suffix).
+
+    The usual case (the prompt extends the previous context) compares list slices without
+    building the previous context; anything else goes through :func:`codec.split_prompt`.
+    """
     if previous is None:
         return 0, prompt
-    n = len(previous)
-    if len(prompt) >= n and prompt[:n] == previous:
+    prev_prompt, prev_completion = previous
+    a, n = len(prev_prompt), len(prev_prompt) + len(prev_completion)
+    if len(prompt) >= n and prompt[:a] == prev_prompt and prompt[a:n] == prev_completion:
         return n, prompt[n:]
     return codec.split_prompt(
-        np.asarray(prompt, dtype=np.int64), np.asarray(previous, dtype=np.int64)
+        np.asarray(prompt, dtype=np.int64), np.asarray(prev_prompt + prev_completion, dtype=np.int64)
     )
 
 

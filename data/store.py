@@ -22,6 +22,7 @@ import functools
 import itertools
 import json
 import logging
+import operator
 import os
 import subprocess
 import uuid
@@ -793,8 +794,28 @@ def _insert_episodes(
         .all()
     )
     turn_rows = [{**t, "episode_id": db_id} for (_, turns), db_id in zip(rows, ids) for t in turns]
-    if turn_rows:
+    if not turn_rows:
+        return
+    if conn.dialect.name != "sqlite":
         conn.execute(insert(TURNS), turn_rows)
+        return
+    # SQLite: one driver-level executemany. SQLAlchemy's per-row bind processing costs as much CPU
+    # as SQLite's own insert; turn values are already plain (bytes, str, int, float, bool) except
+    # ``info``, which is serialized here as the JSON column type would.
+    sql, values_of = _sqlite_turn_insert()
+    conn.exec_driver_sql(sql, [values_of(t) + (json.dumps(t["info"]),) for t in turn_rows])
+
+
+@functools.cache
+def _sqlite_turn_insert() -> tuple[str, Callable[..., tuple[Any, ...]]]:
+    """The turns INSERT in SQLite's qmark style and a getter of its values (all but ``info``)."""
+    from sqlalchemy.dialects import sqlite
+
+    quote = sqlite.dialect().identifier_preparer.quote
+    columns = [c.name for c in TURNS.columns if c.name not in ("id", "info")]
+    sql = (f"INSERT INTO {quote(TURNS.name)} ({', '.join(quote(c) for c in [*columns, 'info'])}) "
+           f"VALUES ({', '.join('?' * (len(columns) + 1))})")
+    return sql, operator.itemgetter(*columns)
 
 
 def _turns_of(conn: Connection, episode_db_ids: list[int]) -> dict[int, list[dict[str, Any]]]:

@@ -142,6 +142,17 @@ def test_codec_picks_uint16_for_small_vocab_and_packs_masks() -> None:
     assert len(blob) == 1 + 4 + 2 and codec.decode(blob).tolist() == mask
     with pytest.raises(StoreError):
         codec.encode_mask([0, 2])
+    with pytest.raises(StoreError, match="0 or 1"):
+        codec.encode_mask([1, "x"])
+    with pytest.raises(StoreError, match="integers"):
+        codec.encode_ids([1, 2.5])
+    with pytest.raises(StoreError, match="int32"):
+        codec.encode_ids([2**31])
+    with pytest.raises(StoreError, match="float array"):
+        codec.encode_floats([0.0, None])
+    with pytest.raises(StoreError, match="float array"):
+        codec.encode_floats([1e39])  # beyond float32
+    assert codec.decode(codec.encode_floats([-1.5, float("-inf")])).tolist() == [-1.5, float("-inf")]
     with pytest.raises(StoreError, match="dtype tag"):
         codec.decode(b"zabc")
     with pytest.raises(StoreError, match="multiple"):
