@@ -146,6 +146,9 @@ def _stop_ids(tokenizer: Any, model: Any) -> set[int]:
 
 # --------------------------------------------------------------------------- Hugging Face
 
+SHARED_PREFIX_MIN_TOKENS = 32
+"""A common prefix of a batch's prompts at least this long is prefilled once (``HFBackend``)."""
+
 
 class HFBackend:
     """Batched sampling with a live transformers model (left padding + KV cache).
@@ -248,6 +251,8 @@ class HFBackend:
             index = torch.tensor(inverse, device=dev)
             cache.batch_select_indices(index)
             return cache, mask_BL[index], next_pos_B[index], logits_BV[index]
+        if self.prefix_cache:
+            self._share_common_prefix(prompts)
         hits = [self._lookup(p) if self._kv else (0, None) for p in prompts]
         B = len(prompts)
         C = max(n for n, _ in hits)
@@ -276,6 +281,28 @@ class HFBackend:
         out = self.model(input_ids=ids_BD, attention_mask=mask_BL, position_ids=pos_BL[:, C:],
                          past_key_values=cache, use_cache=True, logits_to_keep=1)
         return cache, mask_BL, pos_BL[:, -1] + 1, out.logits[:, -1, :]
+
+    def _share_common_prefix(self, prompts: list[list[int]]) -> None:
+        """Prefill the prompts' longest common prefix once and cache it as a row of its own.
+
+        At turn 0 every episode starts with the same system prompt and framing (hundreds of
+        tokens); without this each task's row would prefill it again. Skipped when the prefix is
+        short or the rows already have longer cached prefixes (later turns).
+        """
+        if len(prompts) < 2:
+            return
+        n = len(os.path.commonprefix(prompts))
+        n = min(n, min(len(p) for p in prompts) - 1)  # every row keeps >= 1 token to prefill
+        if n < SHARED_PREFIX_MIN_TOKENS or all(self._lookup(p)[0] >= n for p in prompts):
+            return
+        from transformers import DynamicCache
+
+        prefix = prompts[0][:n]
+        cache = DynamicCache()
+        ids_1N = torch.tensor([prefix], dtype=torch.long, device=self.device)
+        self.model(input_ids=ids_1N, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        mask_1N = torch.ones_like(ids_1N)
+        self._save_rows([0], [prefix], cache, mask_1N, self._kv)
 
     def _save_rows(self, rows: list[int], keys: list[list[int]], cache: Any, mask_BL: torch.Tensor,
                    saved: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]]) -> None:
@@ -388,8 +415,9 @@ class VLLMBackend:
         **engine_kwargs: passed to ``vllm.LLM``.
 
     Scripts that build it need an ``if __name__ == "__main__":`` guard (vLLM may spawn workers).
-    On CPU ``VLLM_CPU_KVCACHE_SPACE`` (GiB) defaults to 1 here and the engine runs eagerly
-    (``enforce_eager=True``; pass ``enforce_eager=False`` to compile).
+    On CPU ``VLLM_CPU_KVCACHE_SPACE`` (GiB) defaults to 1 here, ``VLLM_CPU_OMP_THREADS_BIND`` to
+    ``nobind`` (keep every PyTorch thread) and the engine runs eagerly (``enforce_eager=True``;
+    pass ``enforce_eager=False`` to compile).
     """
 
     def __init__(
@@ -408,6 +436,10 @@ class VLLMBackend:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: weight pushes
         if not torch.cuda.is_available():
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            # vLLM's "auto" binding keeps one logical CPU per physical core and reserves a core for
+            # its scheduler: on a 2-vCPU machine that leaves the model ONE thread. In-process, the
+            # engine shares our threads anyway, so leave PyTorch's thread pool as it is.
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         self._vllm = vllm
         kwargs: dict[str, Any] = dict(
             model=str(model_dir), dtype=dtype, max_model_len=max_model_len, seed=seed,

@@ -108,10 +108,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else:
             parser.error(f"unknown backend {name!r}")
     by_name = {r["backend"]: r for r in results["runs"]}
-    if "hf_batched" in by_name and "hf_naive" in by_name:
-        results["batched_over_naive_tokens_per_s"] = round(
-            by_name["hf_batched"]["tokens_per_s"] / by_name["hf_naive"]["tokens_per_s"], 2
-        )
+    if "hf_naive" in by_name:  # the baseline of the same run
+        naive = by_name["hf_naive"]
+        for name in ("hf_batched", "vllm"):
+            if name in by_name:
+                key = "batched" if name == "hf_batched" else name
+                for metric in ("tokens_per_s", "episodes_per_min"):
+                    results[f"{key}_over_naive_{metric}"] = round(by_name[name][metric] / naive[metric], 2)
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:

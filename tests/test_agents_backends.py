@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -159,3 +161,26 @@ def test_identical_prompts_prefilled_once_sample_independently(tiny, prompts) ->
     for o in outs[:4]:
         ref = _recomputed(model, prompts[0], o, 1.0)
         assert torch.allclose(torch.tensor(o.logprobs), ref, atol=1e-4)
+
+
+def test_shared_system_prompt_prefilled_once_for_different_tasks(tiny) -> None:
+    """Different tasks share the system prompt: it is prefilled once, and nothing else changes."""
+    model, tok = tiny
+    r = Renderer(tok, "household")
+    prompts = [r.start(f"You are in room {i}. Your task is to: put a mug {i} in cabinet.") for i in range(3)]
+    shared = len(os.path.commonprefix(prompts))
+    assert shared >= 32
+    greedy = SamplingParams(temperature=0, max_tokens=6)
+    backend = HFBackend(model, tok)
+    calls: list[int] = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].numel()), with_kwargs=True)
+    try:
+        outs = backend.generate(prompts, greedy)
+    finally:
+        hook.remove()
+    # one pass over the shared prefix, then a batch holding only each row's own suffix
+    assert calls[0] == shared and calls[1] == 3 * max(len(p) - shared for p in prompts)
+    for prompt, out in zip(prompts, outs):
+        alone = HFBackend(model, tok, prefix_cache=False).generate([prompt], greedy)[0]
+        assert out.token_ids == alone.token_ids
+        assert torch.allclose(torch.tensor(out.logprobs), torch.tensor(alone.logprobs), atol=1e-5)
