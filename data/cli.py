@@ -100,21 +100,20 @@ def _token_text(spec: str | None, run: RunRecord) -> TokenText | None:
 def _console():  # type: ignore[no-untyped-def]
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True)
+    # piped output (files, grep, tests) is not wrapped at rich's default 80 columns
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 # ---------------------------------------------------------------------- commands
 def cmd_runs(store: Store, _args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    table = Table("name", "method", "status", "steps", "episodes", "last success rate")
+    table = Table("name", "method", "status", "steps", "episodes", "success, last step", "last eval")
     for s in store.run_summaries():
-        rate = (
-            "-"
-            if s.last_success_rate is None
-            else f"{s.last_success_rate:.1%} (step {s.last_step})"
-        )
-        table.add_row(s.name, s.method, s.status, str(s.steps), str(s.episodes), rate)
+        rate = "-" if s.last_success_rate is None else f"{s.last_success_rate:.1%} (step {s.last_step})"
+        evaluated = ("-" if s.last_eval_success_rate is None
+                     else f"{s.last_eval_success_rate:.1%} (step {s.last_eval_step})")
+        table.add_row(s.name, s.method, s.status, str(s.steps), str(s.episodes), rate, evaluated)
     _console().print(table)
     return 0
 

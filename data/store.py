@@ -392,7 +392,8 @@ class Store:
             )
 
     def run_summaries(self) -> list[RunSummary]:
-        """Per run: status, number of steps and episodes, success rate of the last step with episodes."""
+        """Per run: status, number of steps and episodes, success rate of the last step with
+        episodes (training rollouts, or an SFT run's demonstrations) and the last logged evaluation."""
         with self._reading() as conn:
             n_steps: dict[int, int] = dict(
                 conn.execute(select(STEPS.c.run_id, func.count()).group_by(STEPS.c.run_id)).all()
@@ -407,6 +408,13 @@ class Store:
                     select(EPISODES.c.run_id, func.max(EPISODES.c.step)).group_by(EPISODES.c.run_id)
                 ).all()
             )
+            evals: dict[int, tuple[int, float]] = {}  # run -> (step, eval success) of its last eval
+            for run_id, step, metrics in conn.execute(
+                select(STEPS.c.run_id, STEPS.c.step, STEPS.c.metrics).order_by(STEPS.c.step)
+            ):
+                value = (metrics or {}).get("eval/success_rate")
+                if isinstance(value, (int, float)):
+                    evals[run_id] = (int(step), float(value))
             out = []
             for r in conn.execute(select(RUNS).order_by(RUNS.c.id)).mappings():
                 rate = None
@@ -426,6 +434,8 @@ class Store:
                         episodes=int(n_eps.get(r["id"], 0)),
                         last_step=last.get(r["id"]),
                         last_success_rate=None if rate is None else float(rate),
+                        last_eval_step=evals.get(r["id"], (None, None))[0],
+                        last_eval_success_rate=evals.get(r["id"], (None, None))[1],
                     )
                 )
         return out

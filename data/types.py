@@ -49,6 +49,8 @@ class RunSummary:
     episodes: int
     last_step: int | None  # last step that has episodes
     last_success_rate: float | None  # mean ``won`` over the episodes of ``last_step``
+    last_eval_success_rate: float | None = None  # ``eval/success_rate`` of the last step that logged one
+    last_eval_step: int | None = None
 
 
 @dataclass(frozen=True)

@@ -338,6 +338,18 @@ def test_runs_steps_skills_checkpoints_and_resume(db_url: str) -> None:
         assert summary.last_success_rate == pytest.approx(sum(won) / 3)
 
 
+def test_run_summary_reports_the_last_logged_evaluation(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db") as store:
+        evaluated = store.create_run("sft", "sft", {}, 0)
+        for step, metrics in enumerate([{"eval/success_rate": 0.25}, {"nll": 0.3}, {"eval/success_rate": 0.5, "nll": 0.1}]):
+            store.log_step(evaluated, step, metrics)
+        store.log_step(store.create_run("plain", "grpo", {}, 0), 0, {"loss": 1.0})
+        store.flush()
+        by_name = {s.name: s for s in store.run_summaries()}
+    assert (by_name["sft"].last_eval_step, by_name["sft"].last_eval_success_rate) == (2, 0.5)
+    assert (by_name["plain"].last_eval_step, by_name["plain"].last_eval_success_rate) == (None, None)
+
+
 def test_writer_error_surfaces_and_other_episodes_survive(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
     with Store(tmp_path / "s.db") as store:
