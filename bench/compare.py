@@ -65,6 +65,8 @@ __all__ = [
 
 ALL_METHODS = "grpo,opd,sod,opsd,pi-distill,tt-opd,skill-sd,tcod-f2b,tcod-b2f"
 PRESET_DIR = ROOT / "configs" / "compare"
+_NOT_PER_ENV = {"methods", "envs", "seeds", "output_dir", "store", "env_kwargs", "env_settings",
+                "progress", "reuse"}
 KL_KEYS = ("kl_teacher", "kl_teacher_student", "kl_ref", "kl_old")  # first one a method logs
 
 
@@ -106,6 +108,8 @@ class CompareConfig:
     backend: str = _f("hf", "generation backend", ("auto", "hf", "vllm"))
     method_args: dict = _f({}, "per-method overrides, e.g. {tcod-f2b: {curriculum_k: 1}}")
     env_kwargs: dict = _f({}, "per-env kwargs for envs.make, e.g. {DistillGym/Household-Easy-v0: {expert: explorer}}")
+    env_settings: dict = _f({}, "per-env overrides of the settings above, e.g. "
+                            "{DistillGym/Calculator-v0: {max_turns: 4, max_new_tokens: 48}}")
     progress: bool = _f(True, "progress bars")
     reuse: bool = _f(True, "skip warm starts and runs whose results already exist in output_dir")
 
@@ -122,6 +126,18 @@ class CompareConfig:
         unknown = set(self.method_args) - set(self.method_list)
         if unknown:
             raise ConfigError(f"method_args names methods that are not run: {sorted(unknown)}")
+        for env, overrides in self.env_settings.items():
+            bad = set(overrides) - (set(self.__dataclass_fields__) - _NOT_PER_ENV)
+            if bad:
+                raise ConfigError(f"env_settings[{env!r}]: {sorted(bad)} cannot be set per env")
+            self.for_env(env)  # type-checks the overrides now, not after hours of runs
+
+    def for_env(self, env: str) -> CompareConfig:
+        """This config with ``env_settings[env]`` applied (the settings every run on ``env`` uses)."""
+        overrides = self.env_settings.get(env, {})
+        if not overrides:
+            return self
+        return from_dict(CompareConfig, {**config_to_dict(self), **overrides, "env_settings": {}})
 
     @property
     def method_list(self) -> list[str]:
@@ -426,14 +442,15 @@ def run_comparison(cfg: CompareConfig, command: str = "") -> dict[str, Path]:
     bar = tqdm(total=len(jobs), desc="compare", unit="run", disable=not cfg.progress, position=0)
     try:
         for env in cfg.env_list:
+            env_cfg = cfg.for_env(env)
             bar.set_postfix_str(f"warm start {_slug(env)}")
-            warm = warm_start(cfg, env, store)
+            warm = warm_start(env_cfg, env, store)
             warms.append(warm)
             student: list[tuple[Any, Any]] = []  # loaded on first use (cached runs need none)
             for seed in cfg.seed_list:
                 for method in cfg.method_list:
                     bar.set_postfix_str(f"{method} {_slug(env)} seed {seed}")
-                    results.append(_cached_or_run(cfg, env, method, seed, warm, student, store))
+                    results.append(_cached_or_run(env_cfg, env, method, seed, warm, student, store))
                     write_report(out, results, warms, command=command, config=config)
                     bar.update(1)
     finally:

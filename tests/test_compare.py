@@ -114,6 +114,17 @@ def test_config_errors_name_the_field():
         CompareConfig(methods="grpo", method_args={"opd": {"opd_coef": 2.0}})
     with pytest.raises(ConfigError, match="unknown preset"):
         parse_args(["--preset", "nope"])
+    with pytest.raises(ConfigError, match="cannot be set per env"):
+        CompareConfig(env_settings={"E": {"seeds": "1"}})
+    with pytest.raises(ConfigError, match="max_turns"):
+        CompareConfig(env_settings={"E": {"max_turns": "many"}})
+
+
+def test_env_settings_override_only_their_env():
+    cfg = CompareConfig(max_new_tokens=16, env_settings={"Calc": {"max_new_tokens": 48, "max_turns": 3}})
+    calc, other = cfg.for_env("Calc"), cfg.for_env("Household")
+    assert (calc.max_new_tokens, calc.max_turns, calc.lr) == (48, 3, cfg.lr)
+    assert other is cfg and other.max_new_tokens == 16
 
 
 def _run(method: str, seed: int, seen: float, unseen: float, episodes: int = 10) -> RunResult:
