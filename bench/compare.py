@@ -70,8 +70,6 @@ _NOT_PER_ENV = {"methods", "envs", "seeds", "output_dir", "store", "env_kwargs",
 KL_KEYS = ("kl_teacher", "kl_teacher_student", "kl_ref", "kl_old")  # first one a method logs
 
 
-
-
 @dataclass
 class CompareConfig:
     """Settings of one comparison (one flat dataclass; presets are YAML files of these fields)."""

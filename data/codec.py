@@ -18,6 +18,7 @@ length of the shared prefix and the new suffix keeps an episode's storage linear
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -53,10 +54,13 @@ def encode_ids(ids: Sequence[int] | np.ndarray) -> bytes:
     for tag, code in ((b"H", "H"), (b"i", "i")):
         try:  # struct range-checks every value; ~3x faster than array.array or numpy from a list
             return tag + struct.pack(f"<{n}{code}", *ids)
-        except struct.error as exc:
-            if "format requires" in str(exc) or "out of range" in str(exc):
-                continue  # a value does not fit: try the wider type
-            raise CodecError(f"token ids must be integers: {exc}") from exc
+        except struct.error:
+            continue  # out of range (try the wider type) or not an integer (told apart below)
+    try:
+        for value in ids:
+            operator.index(value)
+    except TypeError as exc:
+        raise CodecError(f"token ids must be integers: {exc}") from exc
     raise CodecError("token id does not fit in int32")
 
 

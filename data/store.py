@@ -434,8 +434,8 @@ class Store:
                         episodes=int(n_eps.get(r["id"], 0)),
                         last_step=last.get(r["id"]),
                         last_success_rate=None if rate is None else float(rate),
-                        last_eval_step=evals.get(r["id"], (None, None))[0],
-                        last_eval_success_rate=evals.get(r["id"], (None, None))[1],
+                        last_eval_step=evals[r["id"]][0] if r["id"] in evals else None,
+                        last_eval_success_rate=evals[r["id"]][1] if r["id"] in evals else None,
                     )
                 )
         return out

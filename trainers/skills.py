@@ -223,13 +223,12 @@ class ModelSummarizer:
     field_max_tokens: int = 64
 
     def complete(self, messages: list[dict[str, str]]) -> str:
-        if not self.structured:
-            prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            return self._generate(prompt, self.max_new_tokens)
-        return self._complete_structured(messages)
-
-    def _complete_structured(self, messages: list[dict[str, str]]) -> str:
         prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if not self.structured:
+            return self._generate(prompt, self.max_new_tokens)
+        return self._complete_structured(prompt)
+
+    def _complete_structured(self, prompt: str) -> str:
         reply = "{"
         for i, key in enumerate(SKILL_KEYS):
             reply += ("" if i == 0 else ", ") + f'"{key}": "'
