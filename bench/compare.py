@@ -93,6 +93,8 @@ class CompareConfig:
     sft_lr: float = _f(3e-4, "SFT learning rate")
     sft_finetune: str = _f("lora", "SFT parameters", ("lora", "full"))
     # shared training settings (identical for every method)
+    train_tasks: int = _f(512, "size of the training-task pool every method draws from; Skill-SD's "
+                          "skill bank is per task, so it is used only when tasks recur within the budget")
     tasks_per_step: int = _f(2, "tasks per optimizer step")
     group_size: int = _f(4, "episodes per task")
     max_turns: int = _f(6, "assistant turns per episode (training and evaluation)")
@@ -113,7 +115,7 @@ class CompareConfig:
 
     def __post_init__(self) -> None:
         for name in ("gen_token_budget", "max_steps", "curve_points", "eval_episodes",
-                     "sft_tasks_per_step", "tasks_per_step", "group_size", "max_turns"):
+                     "sft_tasks_per_step", "train_tasks", "tasks_per_step", "group_size", "max_turns"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         if not 0 <= self.sft_student_steps <= self.sft_teacher_steps or self.sft_teacher_steps < 1:
@@ -355,7 +357,8 @@ def method_config(cfg: CompareConfig, env: str, method: str, seed: int, warm: Wa
         "method": method, "run_name": run_name, "seed": seed, "env": env, "model": warm.student_dir,
         "env_kwargs": dict(cfg.env_kwargs.get(env, {})),
         "steps": cfg.max_steps, "output_dir": str(Path(cfg.output_dir) / "runs"),
-        "store": cfg.store_url, "tasks_per_step": cfg.tasks_per_step, "group_size": cfg.group_size,
+        "store": cfg.store_url, "num_train_tasks": cfg.train_tasks, "tasks_per_step": cfg.tasks_per_step,
+        "group_size": cfg.group_size,
         "max_turns": cfg.max_turns, "max_new_tokens": cfg.max_new_tokens,
         "max_context_tokens": cfg.max_context_tokens,
         "token_budget": max(4096, cfg.max_context_tokens), "lr": cfg.lr, "finetune": cfg.finetune,

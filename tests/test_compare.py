@@ -156,3 +156,30 @@ def test_claim_verdicts():
     assert claim_verdict(0.05, 0.05, 3, 14.0) == "inconclusive"
     assert claim_verdict(0.50, 0.01, 1, 14.0) == "inconclusive"  # one seed never concludes
     assert success_se(0.0, 0.0, 1, 16) == pytest.approx(1 / 16)  # floored at one episode
+
+
+def test_train_task_pool_reaches_every_method_and_tasks_recur():
+    from bench.compare import method_config
+    from bench.compare_report import WarmStart
+    from trainers.loop import TaskCursor, train_task_ids
+
+    env = "DistillGym/Household-Easy-v0"
+    cfg = CompareConfig(train_tasks=2, tasks_per_step=2, env_settings={"Other": {"train_tasks": 8}})
+    warm = WarmStart(env=env, student_dir="tiny", teacher_dir="tiny", student_steps=0, teacher_steps=1,
+                     student_success={}, teacher_success={}, eval_episodes=1, wall_s=0.0)
+    for method in ("grpo", "skill-sd", "tcod-b2f"):
+        assert method_config(cfg.for_env(env), env, method, 0, warm, "r").num_train_tasks == 2
+    assert cfg.for_env("Other").train_tasks == 8
+    pool = train_task_ids(env, "train", 2, {})
+    cursor = TaskCursor(pool, seed=0)
+    steps = [set(cursor.next(2)) for _ in range(3)]
+    assert steps[0] == steps[1] == steps[2] == set(pool)  # Skill-SD's per-task bank gets used
+    with pytest.raises(ConfigError, match="train_tasks"):
+        CompareConfig(train_tasks=0)
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (ROOT / "configs" / "compare").glob("*.yaml")))
+def test_every_preset_loads_and_its_env_settings_apply(preset):
+    cfg = parse_args(["--preset", preset])
+    for env in cfg.env_list:
+        assert cfg.for_env(env).train_tasks >= 1
