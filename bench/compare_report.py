@@ -17,6 +17,7 @@ Statistics (per env and method, over ``n`` seeds, each evaluated on ``E`` episod
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -418,14 +419,44 @@ def load_results(path: Path) -> tuple[list[RunResult], list[WarmStart], dict[str
     return runs, [WarmStart(**w) for w in data["warm_start"]], data
 
 
+def merge_results(paths: list[Path]) -> tuple[list[RunResult], list[WarmStart], str, dict[str, Any]]:
+    """Runs and warm starts of several ``results.json`` (separate invocations, e.g. one per env).
+
+    The commands are joined with `` ; ``; the config is the first file's. The same (env, method,
+    seed) in two files, or two warm starts of one env, is an error: the merged table would be ambiguous.
+    """
+    runs: list[RunResult] = []
+    warm: list[WarmStart] = []
+    commands: list[str] = []
+    config: dict[str, Any] = {}
+    for path in paths:
+        r, w, data = load_results(path)
+        runs += r
+        warm += w
+        commands.append(data["command"])
+        config = config or data["config"]
+    keys = [(r.env, r.method, r.seed) for r in runs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    dup_warm = sorted({w.env for w in warm if [x.env for x in warm].count(w.env) > 1})
+    if dup or dup_warm:
+        raise ValueError(f"results to merge overlap: runs {dup}, warm starts {dup_warm}")
+    return runs, warm, " ; ".join(commands), config
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or args[0] in ("-h", "--help"):
-        print("usage: python bench/compare_report.py runs/compare/results.json")
-        return 2 if len(args) > 1 else 0  # bare call (make bench): usage only
-    path = Path(args[0])
-    runs, warm, data = load_results(path)
-    paths = write_report(path.parent, runs, warm, command=data["command"], config=data["config"])
+    parser = argparse.ArgumentParser(description="Rebuild report.md and the plots from results.json "
+                                     "(several files are merged, e.g. one comparison per env).")
+    parser.add_argument("results", nargs="*", type=Path, help="results.json file(s)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: the folder of the single results.json)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if not args.results:  # bare call (make bench): usage only
+        parser.print_usage()
+        return 0
+    if len(args.results) > 1 and args.out is None:
+        parser.error("merging several results.json needs --out")
+    runs, warm, command, config = merge_results(args.results)
+    paths = write_report(args.out or args.results[0].parent, runs, warm, command=command, config=config)
     print(json.dumps({k: str(v) for k, v in paths.items()}))
     return 0
 

@@ -14,6 +14,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,31 @@ def test_every_preset_loads_and_its_env_settings_apply(preset):
     cfg = parse_args(["--preset", preset])
     for env in cfg.env_list:
         assert cfg.for_env(env).train_tasks >= 1
+
+
+def test_report_merges_separate_comparisons_and_refuses_overlap(tmp_path):
+    from bench.compare_report import WarmStart, main, write_report
+
+    def warm(env):
+        return WarmStart(env=env, student_dir="s", teacher_dir="t", student_steps=1, teacher_steps=2,
+                         student_success={"valid_seen": 0.1, "valid_unseen": 0.2},
+                         teacher_success={"valid_seen": 0.3, "valid_unseen": 0.4}, eval_episodes=10, wall_s=1.0)
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    runs_a = [_run("grpo", 0, 0.2, 0.3), _run("opd", 0, 0.4, 0.5)]
+    runs_b = [replace(r, env="F") for r in (_run("grpo", 0, 0.6, 0.7), _run("opd", 0, 0.1, 0.1))]
+    write_report(a, runs_a, [warm("E")], command="cmd-a", config={"model": "m"})
+    write_report(b, runs_b, [warm("F")], command="cmd-b", config={"model": "m"})
+    assert main([str(a / "results.json"), str(b / "results.json"), "--out", str(tmp_path / "m")]) == 0
+    merged = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert merged["command"] == "cmd-a ; cmd-b"
+    assert sorted((r["env"], r["method"]) for r in merged["runs"]) == [("E", "grpo"), ("E", "opd"), ("F", "grpo"), ("F", "opd")]
+    assert {w["env"] for w in merged["warm_start"]} == {"E", "F"}
+    report = (tmp_path / "m" / "report.md").read_text()
+    assert "| E | opd | 1 | 40.0 | 50.0 | +20.0 |" in report  # each env's delta is to its own grpo
+    assert "| F | opd | 1 | 10.0 | 10.0 | -55.0 |" in report
+    assert (tmp_path / "m" / "curves.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="overlap"):
+        main([str(a / "results.json"), str(a / "results.json"), "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit):  # several inputs need --out
+        main([str(a / "results.json"), str(b / "results.json")])
