@@ -422,8 +422,10 @@ def load_results(path: Path) -> tuple[list[RunResult], list[WarmStart], dict[str
 def merge_results(paths: list[Path]) -> tuple[list[RunResult], list[WarmStart], str, dict[str, Any]]:
     """Runs and warm starts of several ``results.json`` (separate invocations, e.g. one per env).
 
-    The commands are joined with `` ; ``; the config is the first file's. The same (env, method,
-    seed) in two files, or two warm starts of one env, is an error: the merged table would be ambiguous.
+    The commands are joined with `` ; ``; the config is the first file's. A warm start that appears
+    in several files (extra seeds run later from the same SFT start) is kept once. The same (env,
+    method, seed) twice, or two different warm starts of one env, is an error: the table would be
+    ambiguous.
     """
     runs: list[RunResult] = []
     warm: list[WarmStart] = []
@@ -432,7 +434,7 @@ def merge_results(paths: list[Path]) -> tuple[list[RunResult], list[WarmStart], 
     for path in paths:
         r, w, data = load_results(path)
         runs += r
-        warm += w
+        warm += [x for x in w if x not in warm]
         commands.append(data["command"])
         config = config or data["config"]
     keys = [(r.env, r.method, r.seed) for r in runs]

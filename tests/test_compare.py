@@ -210,5 +210,15 @@ def test_report_merges_separate_comparisons_and_refuses_overlap(tmp_path):
     assert (tmp_path / "m" / "curves.png").stat().st_size > 0
     with pytest.raises(ValueError, match="overlap"):
         main([str(a / "results.json"), str(a / "results.json"), "--out", str(tmp_path / "x")])
+    c = tmp_path / "c"  # more seeds from the same warm start: merged, the warm start kept once
+    write_report(c, [_run("grpo", 1, 0.0, 0.1)], [warm("E")], command="cmd-c", config={"model": "m"})
+    main([str(a / "results.json"), str(c / "results.json"), "--out", str(tmp_path / "s")])
+    seeds = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert len(seeds["warm_start"]) == 1 and len(seeds["runs"]) == 3
+    assert "| E | grpo | 2 | 10.0 ± 14.1 | 20.0 ± 14.1 |" in (tmp_path / "s" / "report.md").read_text()
+    other_start = replace(warm("E"), student_dir="elsewhere")
+    write_report(c, [_run("grpo", 1, 0.0, 0.1)], [other_start], command="cmd-c", config={"model": "m"})
+    with pytest.raises(ValueError, match="warm starts"):
+        main([str(a / "results.json"), str(c / "results.json"), "--out", str(tmp_path / "y")])
     with pytest.raises(SystemExit):  # several inputs need --out
         main([str(a / "results.json"), str(b / "results.json")])
