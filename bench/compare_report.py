@@ -21,7 +21,7 @@ import argparse
 import json
 import math
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -437,9 +437,8 @@ def merge_results(paths: list[Path]) -> tuple[list[RunResult], list[WarmStart], 
         warm += [x for x in w if x not in warm]
         commands.append(data["command"])
         config = config or data["config"]
-    keys = [(r.env, r.method, r.seed) for r in runs]
-    dup = sorted({k for k in keys if keys.count(k) > 1})
-    dup_warm = sorted({w.env for w in warm if [x.env for x in warm].count(w.env) > 1})
+    dup = sorted(k for k, n in Counter((r.env, r.method, r.seed) for r in runs).items() if n > 1)
+    dup_warm = sorted(env for env, n in Counter(w.env for w in warm).items() if n > 1)
     if dup or dup_warm:
         raise ValueError(f"results to merge overlap: runs {dup}, warm starts {dup_warm}")
     return runs, warm, " ; ".join(commands), config
