@@ -39,7 +39,11 @@ from kernels.reference import (  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy warnings in the interpreter
 
-BACKENDS = ["torch", "triton"]
+CUDA = torch.cuda.is_available()
+# (backend, device): the Triton kernel runs on CUDA tensors where a GPU is present, else under
+# its interpreter on CPU tensors; on a GPU machine the chunked PyTorch path is checked there too.
+BACKENDS = [("torch", "cpu"), ("triton", "cuda" if CUDA else "cpu")] + ([("torch", "cuda")] if CUDA else [])
+BACKEND_IDS = [f"{b}-{d}" for b, d in BACKENDS]
 KIND_CASES = [("fkl", 0.5), ("rkl", 0.5), ("jsd", 0.0), ("jsd", 0.1), ("jsd", 0.5), ("jsd", 0.9), ("jsd", 1.0)]
 LOSS_TOL = dict(rtol=1e-4, atol=1e-5)
 GRAD_TOL = dict(rtol=1e-4, atol=1e-6)
@@ -58,6 +62,11 @@ def _problem(n: int = 24, h: int = 16, v: int = 1000, seed: int = 0, scale: floa
     return hs, ws, ht, wt, weights, upstream
 
 
+def _on(device: str, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors on ``device`` (a test's inputs are drawn on the CPU, so every device sees the same)."""
+    return tuple(t.to(device) for t in tensors)
+
+
 def _reference_fused(hs, ws, zt, kind, beta, temp, weights, upstream):
     """float64 per-token ``w_t D_t``, and grads of ``sum_t g_t w_t D_t`` w.r.t. hidden and head."""
     h64 = hs.double().requires_grad_()
@@ -67,11 +76,11 @@ def _reference_fused(hs, ws, zt, kind, beta, temp, weights, upstream):
     return per_tok.detach(), h64.grad, w64.grad
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=BACKEND_IDS)
 @pytest.mark.parametrize("kind,beta", KIND_CASES)
-def test_fused_matches_float64_reference(backend, kind, beta):
+def test_fused_matches_float64_reference(backend, device, kind, beta):
     """Per-token values and exact grads (non-uniform upstream, weights with zeros, odd V, T != 1)."""
-    hs, ws, ht, wt, weights, upstream = _problem(n=12)
+    hs, ws, ht, wt, weights, upstream = _on(device, *_problem(n=12))
     temp = 0.7 if beta in (0.1, 0.9) else 1.3
     zt = ht @ wt.T
     ref_loss, ref_dh, ref_dw = _reference_fused(hs, ws, zt, kind, beta, temp, weights, upstream)
@@ -90,12 +99,12 @@ def test_fused_matches_float64_reference(backend, kind, beta):
     assert torch.all(h.grad[weights == 0] == 0)  # ignored rows: exactly zero
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_fused_mean_reduction_and_entropy(backend):
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=BACKEND_IDS)
+def test_fused_mean_reduction_and_entropy(backend, device):
     """'mean' divides by the kept-token count; uniform upstream uses the precomputed dW."""
-    hs, ws, ht, wt, weights, _ = _problem(n=12, v=513, seed=1)
+    hs, ws, ht, wt, weights, _ = _on(device, *_problem(n=12, v=513, seed=1))
     zt = ht @ wt.T
-    ones = torch.ones(12)
+    ones = torch.ones(12, device=device)
     ref_loss, ref_dh, ref_dw = _reference_fused(hs, ws, zt, "jsd", 0.5, 1.0, weights, ones / 9)
     h = hs.clone().requires_grad_()
     w = ws.clone().requires_grad_()
@@ -112,15 +121,14 @@ def test_fused_mean_reduction_and_entropy(backend):
     assert not ent.requires_grad
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=BACKEND_IDS)
 @pytest.mark.parametrize("kind,beta", [("fkl", 0.0), ("rkl", 0.0), ("jsd", 0.5), ("jsd", 0.9)])
-def test_from_logits_matches_reference(backend, kind, beta):
+def test_from_logits_matches_reference(backend, device, kind, beta):
     """(B, T, V) logits, weights as a loss mask, leading shape kept for reduction='none'."""
     g = torch.Generator().manual_seed(2)
-    zs = (torch.randn(2, 5, 777, generator=g) * 4).requires_grad_()
-    zt = torch.randn(2, 5, 777, generator=g) * 4
-    mask = (torch.rand(2, 5, generator=g) > 0.3).float()
-    up = torch.randn(2, 5, generator=g)
+    zs, zt = _on(device, torch.randn(2, 5, 777, generator=g) * 4, torch.randn(2, 5, 777, generator=g) * 4)
+    zs.requires_grad_()
+    mask, up = _on(device, (torch.rand(2, 5, generator=g) > 0.3).float(), torch.randn(2, 5, generator=g))
     z64 = zs.detach().double().requires_grad_()
     ref = mask.double() * reference_divergence(z64, zt.double(), kind, beta, 0.8)
     (ref * up.double()).sum().backward()
@@ -136,8 +144,8 @@ def test_from_logits_matches_reference(backend, kind, beta):
     assert (row_sums <= 1e-4 * zs.grad.abs().sum(-1) + 1e-12).all()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_extreme_logits(backend):
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=BACKEND_IDS)
+def test_extreme_logits(backend, device):
     """+-1e4 logits and -inf teacher entries: finite FKL/JSD matching float64; RKL is +inf."""
     g = torch.Generator().manual_seed(3)
     zs = torch.randn(4, 300, generator=g) * 3
@@ -146,6 +154,7 @@ def test_extreme_logits(backend):
     zt[0, 7], zt[3, 50] = -1e4, 1e4
     zt[:, 299] = float("-inf")  # a masked vocabulary entry in every row (last, partial block)
     zt[1, :40] = float("-inf")  # a whole leading block of -inf (guards -inf - -inf)
+    zs, zt = _on(device, zs, zt)
     for kind, beta in [("fkl", 0.0), ("jsd", 0.5), ("jsd", 0.1)]:
         s = zs.clone().requires_grad_()
         s64 = zs.double().requires_grad_()
@@ -203,19 +212,18 @@ def test_topk_with_singleton_tail_equals_full_vocab():
         torch.testing.assert_close(gk, gf, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_invariants(backend):
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=BACKEND_IDS)
+def test_invariants(backend, device):
     """Identical inputs -> zero loss and grad; JSD(0.5) symmetric and <= log 2."""
     g = torch.Generator().manual_seed(7)
-    z = torch.randn(3, 257, generator=g) * 5
-    other = torch.randn(3, 257, generator=g) * 5
+    z, other = _on(device, torch.randn(3, 257, generator=g) * 5, torch.randn(3, 257, generator=g) * 5)
     for kind, beta in KIND_CASES:  # closed-form gradients: exactly 0 up to log m rounding
         s = z.clone().requires_grad_()
         loss = distill_loss_from_logits(s, z.clone(), kind=kind, beta=beta, reduction="none", backend=backend)
         loss.sum().backward()
         assert loss.abs().max() < 1e-6, (kind, beta)
         assert s.grad.abs().max() < 1e-7, (kind, beta)
-    z64 = torch.randn(3, 257, generator=g, dtype=torch.float64).requires_grad_()
+    z64 = torch.randn(3, 257, generator=g, dtype=torch.float64).to(device).requires_grad_()
     for kind in ("fkl", "rkl", "jsd"):  # gradient rows sum to 0 (float64 math: to 1e-12)
         (grad,) = torch.autograd.grad(
             distill_loss_from_logits(z64, other.double(), kind=kind, reduction="sum"), z64
