@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from subproc import child_env
 
 from agents.types import EndReason, Episode, Turn
 from data import Store
@@ -118,7 +119,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_cli(db: Path | str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = child_env(OMP_NUM_THREADS="1")
     return subprocess.run(
         [sys.executable, "-m", "data", "--db", str(db), *args],
         capture_output=True,

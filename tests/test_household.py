@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from subproc import child_env
 
 import envs
 from envs.household import LEVELS, TASK_TYPES, Explorer, HouseholdEnv, oracle_plan
@@ -338,9 +339,7 @@ def _cli(*args: str, stdin: str = "") -> str:
 
 
 def _env() -> dict[str, str]:
-    import os
-
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
+    return child_env()
 
 
 def test_cli_list_play_expert_and_piped_stdin():

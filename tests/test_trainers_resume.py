@@ -9,7 +9,6 @@ nondeterminism between the killed subprocess and this process (both run single-t
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from subproc import child_env
 
 from data import Store
 from trainers.config import parse_config
@@ -31,7 +31,7 @@ COMPARED = ("loss", "kl_teacher", "abs_l", "reward", "sampled_tokens", "grad_nor
 
 
 def _kill_after_first_checkpoint(out_dir: Path) -> int:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = child_env(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "trainers", "opd", *ARGS, f"output_dir={out_dir}", "run_name=killed"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

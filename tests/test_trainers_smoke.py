@@ -7,13 +7,13 @@ directory (resolved config, metrics CSV, learning curve, final policy).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from subproc import child_env
 
 from data import Store
 from trainers.config import ConfigError, load_yaml, parse_config
@@ -159,7 +159,7 @@ def test_nan_loss_steps_are_skipped_then_run_stops(tmp_path):
         with pytest.raises(TooManyBadStepsError, match="2 steps had a NaN"):
             train(cfg, policy=(model, tok))
         after = model.state_dict()
-        assert all(torch.equal(before[k], after[k]) for k in before)  # weights untouched
+        assert all(torch.equal(before[k], after[k].cpu()) for k in before)  # weights untouched (the loop may have moved them to a GPU)
         store = Store(f"sqlite:///{tmp_path / 'distillgym.db'}")
         run = store.get_run("nan-test-smoke")
         assert run.status == "failed"
@@ -174,7 +174,7 @@ def test_config_that_cannot_fit_is_refused():
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = child_env(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     return subprocess.run([sys.executable, "-m", "trainers", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 
