@@ -275,7 +275,7 @@ def claims_table(checks: list[ClaimCheck]) -> str:
             f"| {c.claim.method} vs {c.claim.baseline} ({c.claim.paper}) | {_short(c.env)} | "
             f"{100 * c.ours:.1f} vs {100 * c.base:.1f} | {c.delta_pts:+.1f} | {2 * c.se_pts:.1f} | "
             f"+{c.claim.claimed:.1f} | **{c.verdict}**"
-            + (f" ({c.n_seeds} seed)" if c.n_seeds < MIN_SEEDS else "") + " |")
+            + (f" ({c.n_seeds} seed{'s' if c.n_seeds > 1 else ''})" if c.n_seeds < MIN_SEEDS else "") + " |")
     return "\n".join(lines)
 
 
