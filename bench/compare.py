@@ -123,14 +123,23 @@ class CompareConfig:
                               f"sft_teacher_steps ({self.sft_teacher_steps}) and sft_teacher_steps >= 1")
         if not self.method_list or not self.env_list or not self.seed_list:
             raise ConfigError("methods, envs and seeds must each name at least one value")
-        unknown = set(self.method_args) - set(self.method_list)
-        if unknown:
-            raise ConfigError(f"method_args names methods that are not run: {sorted(unknown)}")
+        self._check_methods()
         for env, overrides in self.env_settings.items():
             bad = set(overrides) - (set(self.__dataclass_fields__) - _NOT_PER_ENV)
             if bad:
                 raise ConfigError(f"env_settings[{env!r}]: {sorted(bad)} cannot be set per env")
             self.for_env(env)  # type-checks the overrides now, not after hours of runs
+
+    def _check_methods(self) -> None:
+        """Every method to run and every ``method_args`` key must be registered (a typo fails now,
+        not hours later); ``method_args`` of registered methods that are not run are ignored, so a
+        preset's subset (``methods=grpo,opd``) runs as it is."""
+        from trainers.methods import METHODS
+
+        for label, names in (("methods", self.method_list), ("method_args", list(self.method_args))):
+            unknown = sorted(set(names) - set(METHODS))
+            if unknown:
+                raise ConfigError(f"{label} names unknown methods {unknown}; known: {', '.join(sorted(METHODS))}")
 
     def for_env(self, env: str) -> CompareConfig:
         """This config with ``env_settings[env]`` applied (the settings every run on ``env`` uses)."""

@@ -412,11 +412,27 @@ def write_report(out_dir: Path, results: list[RunResult], warm: list[WarmStart],
     return paths
 
 
+class ResultsFileError(ValueError):
+    """A ``results.json`` that cannot be read back (not JSON, or not written by this harness)."""
+
+
 def load_results(path: Path) -> tuple[list[RunResult], list[WarmStart], dict[str, Any]]:
-    """Read back a ``results.json`` written by :func:`write_report`."""
-    data = json.loads(Path(path).read_text())
-    runs = [RunResult(**{**r, "curve": [tuple(p) for p in r["curve"]]}) for r in data["runs"]]
-    return runs, [WarmStart(**w) for w in data["warm_start"]], data
+    """Read back a ``results.json`` written by :func:`write_report`; ``ResultsFileError`` names the
+    file and what is wrong with it."""
+    try:
+        data = json.loads(Path(path).read_text())
+        runs = [RunResult(**{**r, "curve": [tuple(p) for p in r["curve"]]}) for r in data["runs"]]
+        warm = [WarmStart(**w) for w in data["warm_start"]]
+        missing = [key for key in ("command", "config") if key not in data]  # merge_results reads them
+        if missing:
+            raise KeyError(missing[0])
+    except OSError as exc:
+        raise ResultsFileError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise ResultsFileError(f"{path}: not JSON ({exc})") from exc
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ResultsFileError(f"{path}: not a comparison results.json ({type(exc).__name__}: {exc})") from exc
+    return runs, warm, data
 
 
 def merge_results(paths: list[Path]) -> tuple[list[RunResult], list[WarmStart], str, dict[str, Any]]:
@@ -456,7 +472,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if len(args.results) > 1 and args.out is None:
         parser.error("merging several results.json needs --out")
-    runs, warm, command, config = merge_results(args.results)
+    try:
+        runs, warm, command, config = merge_results(args.results)
+    except ValueError as exc:  # unreadable or overlapping inputs: nothing is written
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     paths = write_report(args.out or args.results[0].parent, runs, warm, command=command, config=config)
     print(json.dumps({k: str(v) for k, v in paths.items()}))
     return 0

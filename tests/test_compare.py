@@ -111,8 +111,12 @@ def test_token_meter_curve_points():
 def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="sft_student_steps"):
         CompareConfig(sft_student_steps=5, sft_teacher_steps=2)
-    with pytest.raises(ConfigError, match="method_args"):
-        CompareConfig(methods="grpo", method_args={"opd": {"opd_coef": 2.0}})
+    with pytest.raises(ConfigError, match="method_args names unknown methods"):
+        CompareConfig(methods="grpo", method_args={"tcod-fb2": {"curriculum_k": 1}})
+    with pytest.raises(ConfigError, match="methods names unknown methods .'gpro'"):
+        CompareConfig(methods="gpro,opd")
+    subset = CompareConfig(methods="grpo", method_args={"tcod-f2b": {"curriculum_k": 1}})
+    assert subset.method_list == ["grpo"]  # a preset's args for methods that are not run are ignored
     with pytest.raises(ConfigError, match="unknown preset"):
         parse_args(["--preset", "nope"])
     with pytest.raises(ConfigError, match="cannot be set per env"):
@@ -186,7 +190,7 @@ def test_every_preset_loads_and_its_env_settings_apply(preset):
         assert cfg.for_env(env).train_tasks >= 1
 
 
-def test_report_merges_separate_comparisons_and_refuses_overlap(tmp_path):
+def test_report_merges_separate_comparisons_and_refuses_overlap(tmp_path, capsys):
     from bench.compare_report import WarmStart, main, write_report
 
     def warm(env):
@@ -208,8 +212,8 @@ def test_report_merges_separate_comparisons_and_refuses_overlap(tmp_path):
     assert "| E | opd | 1 | 40.0 | 50.0 | +20.0 |" in report  # each env's delta is to its own grpo
     assert "| F | opd | 1 | 10.0 | 10.0 | -55.0 |" in report
     assert (tmp_path / "m" / "curves.png").stat().st_size > 0
-    with pytest.raises(ValueError, match="overlap"):
-        main([str(a / "results.json"), str(a / "results.json"), "--out", str(tmp_path / "x")])
+    assert main([str(a / "results.json"), str(a / "results.json"), "--out", str(tmp_path / "x")]) == 2
+    assert "overlap" in capsys.readouterr().err and not (tmp_path / "x").exists()
     c = tmp_path / "c"  # more seeds from the same warm start: merged, the warm start kept once
     write_report(c, [_run("grpo", 1, 0.0, 0.1)], [warm("E")], command="cmd-c", config={"model": "m"})
     main([str(a / "results.json"), str(c / "results.json"), "--out", str(tmp_path / "s")])
@@ -218,7 +222,21 @@ def test_report_merges_separate_comparisons_and_refuses_overlap(tmp_path):
     assert "| E | grpo | 2 | 10.0 ± 14.1 | 20.0 ± 14.1 |" in (tmp_path / "s" / "report.md").read_text()
     other_start = replace(warm("E"), student_dir="elsewhere")
     write_report(c, [_run("grpo", 1, 0.0, 0.1)], [other_start], command="cmd-c", config={"model": "m"})
-    with pytest.raises(ValueError, match="warm starts"):
-        main([str(a / "results.json"), str(c / "results.json"), "--out", str(tmp_path / "y")])
+    assert main([str(a / "results.json"), str(c / "results.json"), "--out", str(tmp_path / "y")]) == 2
+    assert "warm starts ['E']" in capsys.readouterr().err and not (tmp_path / "y").exists()
     with pytest.raises(SystemExit):  # several inputs need --out
         main([str(a / "results.json"), str(b / "results.json")])
+
+
+def test_report_refuses_unreadable_results_with_one_line(tmp_path, capsys):
+    """Not JSON, JSON of another shape, a missing file: exit 2, the file named, nothing written."""
+    from bench.compare_report import main
+
+    (tmp_path / "trunc.json").write_text('{"runs": [')
+    (tmp_path / "other.json").write_text('{"runs": [{"env": "E"}], "warm_start": []}')
+    for name, why in [("trunc.json", "not JSON"), ("other.json", "not a comparison results.json"),
+                      ("missing.json", "cannot read")]:
+        assert main([str(tmp_path / name), "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {tmp_path / name}: {why}") and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
