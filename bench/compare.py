@@ -484,8 +484,9 @@ def _cached_or_run(cfg: CompareConfig, env: str, method: str, seed: int, warm: W
     result = run_method(cfg, env, method, seed, warm, student[0], store)
     record.write_text(json.dumps(asdict(result), indent=1))
     # A finished run's policy copy, optimizer and backend can sit in reference cycles (TT-OPD's
-    # left 0.76 GiB); the cyclic GC counts objects, not bytes, so without this a 9-run comparison
-    # on the bundled model held 11.7 GiB RSS; with it RSS stays at one run's peak (~4 GiB, smoke budget).
+    # held 0.76 GiB) that the cyclic GC, which counts objects rather than bytes, may not reach for
+    # many runs: a 9-run comparison without this was seen at 11.7 GiB RSS; small-budget comparisons
+    # with it stayed at one run's peak (3.3-4.1 GiB over 13 runs).
     gc.collect()
     return result
 
