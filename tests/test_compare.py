@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from subproc import child_env
 
 from bench.compare import CompareConfig, TokenMeter, parse_args
 from bench.compare_report import (
@@ -38,7 +39,7 @@ def smoke(tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "compare.py"), "--preset", "smoke", f"output_dir={out}"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        env=child_env(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads(proc.stdout.strip().splitlines()[-1])

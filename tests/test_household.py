@@ -332,14 +332,10 @@ def _cli(*args: str, stdin: str = "") -> str:
         text=True,
         cwd=ROOT,
         timeout=120,
-        env={**_env(), "COLUMNS": "200"},
+        env=child_env(COLUMNS="200"),
     )
     assert out.returncode == 0, out.stderr
     return out.stdout
-
-
-def _env() -> dict[str, str]:
-    return child_env()
 
 
 def test_cli_list_play_expert_and_piped_stdin():
