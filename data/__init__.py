@@ -15,6 +15,7 @@ from data.errors import (
     RunNotFound,
     SchemaOutdated,
     SchemaTooNew,
+    StoreBusy,
     StoreError,
     WriterError,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "SchemaTooNew",
     "SkillRecord",
     "Store",
+    "StoreBusy",
     "StoreError",
     "WriterError",
     "default_db",

@@ -4,21 +4,65 @@ A plain path means SQLite. SQLite runs in WAL mode with ``synchronous=NORMAL``, 
 foreign keys on. Write transactions start with ``BEGIN IMMEDIATE`` (they take the write lock up
 front, so two writers queue on the busy timeout instead of failing on a lock upgrade); read
 transactions use a plain deferred ``BEGIN``. A read-only store opens SQLite with ``mode=ro``.
+
+SQLite may answer ``SQLITE_BUSY`` at once, without calling the busy handler, where waiting could
+deadlock; the switch of a new, empty file to WAL while another process switches it too does so
+(about one race in fifty of four openers). :func:`retry_busy` retries such statements until the
+same ``BUSY_TIMEOUT_MS`` deadline, so a locked database is never mistaken for a failure to open it.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 
-__all__ = ["resolve_url", "is_read_only_target", "make_engine", "sqlite_path"]
+__all__ = [
+    "resolve_url",
+    "is_read_only_target",
+    "make_engine",
+    "sqlite_path",
+    "is_busy_error",
+    "retry_busy",
+    "BUSY_TIMEOUT_MS",
+]
 
 BUSY_TIMEOUT_MS = 30_000
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+T = TypeVar("T")
+
+
+def is_busy_error(exc: BaseException) -> bool:
+    """True for SQLite's "database is locked" / "busy" (the lock is held, nothing is damaged)."""
+    orig = getattr(exc, "orig", None) or exc
+    code = getattr(orig, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    msg = str(orig).lower()
+    return "database is locked" in msg or "database table is locked" in msg
+
+
+def retry_busy(fn: Callable[[], T], timeout_ms: int | None = None) -> T:
+    """``fn()``, retried with short randomized sleeps while it fails with a busy error, until
+    ``timeout_ms`` (default ``BUSY_TIMEOUT_MS``) have passed; then the last busy error is raised."""
+    wait_ms = BUSY_TIMEOUT_MS if timeout_ms is None else timeout_ms
+    deadline = time.monotonic() + wait_ms / 1000
+    delay = 0.002
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_busy_error(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 0.1)
 
 
 def resolve_url(url_or_path: str | os.PathLike[str]) -> URL:
@@ -76,9 +120,10 @@ def make_engine(url: URL, *, read_only: bool, write_mode: bool, immutable: bool 
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (below)
         cur = dbapi_conn.cursor()
-        if not read_only:
-            cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        if not read_only:
+            # the switch can be refused with SQLITE_BUSY without waiting: retry it to the deadline
+            retry_busy(lambda: cur.execute("PRAGMA journal_mode=WAL").fetchall())
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA temp_store=MEMORY")

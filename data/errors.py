@@ -14,6 +14,7 @@ __all__ = [
     "SchemaTooNew",
     "SchemaOutdated",
     "CorruptDatabase",
+    "StoreBusy",
     "ReadOnlyStore",
     "WriterError",
     "CodecError",
@@ -46,6 +47,10 @@ class SchemaOutdated(StoreError):
 
 class CorruptDatabase(StoreError):
     """The file is not an SQLite database, is damaged, or is not a DistillGym store."""
+
+
+class StoreBusy(StoreError):
+    """Another process held the database's lock for longer than the busy timeout (not damage)."""
 
 
 class ReadOnlyStore(StoreError):

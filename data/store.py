@@ -51,7 +51,15 @@ from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 
 from agents.types import Episode
 from data import convert, migrate
-from data.engine import is_read_only_target, make_engine, resolve_url, sqlite_path
+from data import engine as engines
+from data.engine import (
+    is_busy_error,
+    is_read_only_target,
+    make_engine,
+    resolve_url,
+    retry_busy,
+    sqlite_path,
+)
 from data.errors import (
     CorruptDatabase,
     EpisodeNotFound,
@@ -59,6 +67,7 @@ from data.errors import (
     RunExistsError,
     RunNotFound,
     SchemaOutdated,
+    StoreBusy,
     StoreError,
 )
 from data.models import CheckpointRow, EpisodeRow, RunRow, SkillRow, StepRow, TurnRow
@@ -216,12 +225,16 @@ class Store:
             log.debug("wal checkpoint skipped: %s", exc)
 
     # ------------------------------------------------------------------ schema
+    def _read_schema(self) -> tuple[str | None, set[str]]:
+        with self._read_engine.connect() as conn:
+            return migrate.current_revision(conn), set(inspect(conn).get_table_names())
+
     def _open_schema(self) -> None:
         try:
-            with self._read_engine.connect() as conn:
-                revision = migrate.current_revision(conn)
-                tables = set(inspect(conn).get_table_names())
+            revision, tables = retry_busy(self._read_schema)
         except DatabaseError as exc:
+            if is_busy_error(exc):
+                raise self._busy(exc) from exc
             if self.read_only and self._path is not None and "unable to open" in str(exc):
                 # e.g. a WAL database in a read-only directory: read it as an immutable file
                 self._read_engine.dispose()
@@ -250,7 +263,8 @@ class Store:
 
     def _migrate(self) -> None:
         engine = make_engine(self._url, read_only=False, write_mode=True)
-        try:
+
+        def upgrade() -> None:
             with engine.begin() as conn:  # BEGIN IMMEDIATE on SQLite: one migrator at a time
                 if conn.dialect.name == "postgresql":
                     conn.execute(text("SELECT pg_advisory_xact_lock(770077)"))
@@ -264,10 +278,22 @@ class Store:
                         migrate.head_revision(),
                     )
                     migrate.upgrade(conn)
+
+        try:
+            retry_busy(upgrade)  # the transaction rolled back: the next try starts afresh
         except DatabaseError as exc:
+            if is_busy_error(exc):
+                raise self._busy(exc) from exc
             raise CorruptDatabase(f"cannot migrate {self._display}: {_reason(exc)}") from exc
         finally:
             engine.dispose()
+
+    def _busy(self, exc: DatabaseError) -> StoreBusy:
+        return StoreBusy(
+            f"{self._display} is locked by another process (waited "
+            f"{engines.BUSY_TIMEOUT_MS / 1000:g} s): "
+            f"{_reason(exc)}"
+        )
 
     def schema_revision(self) -> str | None:
         with self._reading() as conn:
@@ -292,6 +318,8 @@ class Store:
         except DatabaseError as exc:
             if _is_corruption(exc):
                 raise CorruptDatabase(f"{self._display} is damaged: {_reason(exc)}") from exc
+            if is_busy_error(exc):
+                raise self._busy(exc) from exc
             raise
 
     @contextmanager

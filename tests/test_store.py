@@ -474,6 +474,105 @@ def test_kill_9_while_writing_keeps_the_database_consistent(tmp_path: Path) -> N
     assert seen > 0
 
 
+def _opener_process(directory: str, races: int, barrier: object, out: object, what: str) -> None:
+    """Child process: in each race, wait at ``barrier`` with the others, then open database
+    ``<race>.db`` (new) and write to it: as a ``Store`` (``what="store"``) or through the store's
+    engine alone (``"engine"``, cheaper per race, so more races fit). Sends the failures."""
+    from data.engine import make_engine, resolve_url
+
+    failures = []
+    for race in range(races):
+        path = os.path.join(directory, f"{race}.db")
+        barrier.wait(60)  # type: ignore[attr-defined]
+        try:
+            if what == "store":
+                with Store(path) as store:
+                    store.create_run(f"p{os.getpid()}", "grpo", {}, 0)
+            else:
+                engine = make_engine(resolve_url(path), read_only=False, write_mode=True)
+                with engine.begin() as conn:
+                    conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS t (pid INTEGER)")
+                    conn.exec_driver_sql(f"INSERT INTO t VALUES ({os.getpid()})")
+                engine.dispose()
+        except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the test
+            failures.append(f"race {race}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+    out.send(failures)  # type: ignore[attr-defined]
+    out.close()  # type: ignore[attr-defined]
+    os._exit(0)
+
+
+@pytest.mark.parametrize("what, races", [("engine", 200), ("store", 30)])
+def test_simultaneous_openers_of_a_new_store_never_fail(
+    tmp_path: Path, what: str, races: int
+) -> None:
+    """Four processes open the same new SQLite file at the same moment, ``races`` times over.
+
+    Before the fix, SQLite refused the WAL switch of one opener with "database is locked" without
+    waiting (about one race in fifty at the engine), which the store reported as a corrupt database.
+    """
+    n = 4
+    barrier = FORK.Barrier(n)
+    pipes = [FORK.Pipe(duplex=False) for _ in range(n)]
+    procs = [
+        FORK.Process(target=_opener_process, args=(str(tmp_path), races, barrier, w, what))
+        for _, w in pipes
+    ]
+    for p in procs:
+        p.start()
+    failures = [f for r, _ in pipes for f in r.recv()]
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert failures == [], f"{len(failures)} of {races * n} opens failed: {failures[:5]}"
+    for race in range(races):
+        with sqlite3.connect(tmp_path / f"{race}.db") as raw:
+            assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            table = "runs" if what == "store" else "t"
+            assert raw.execute(f"SELECT count(*) FROM {table}").fetchone() == (n,)
+
+
+def _lock_holder(path: str, hold_s: float, ready: object) -> None:
+    """Child process: hold an exclusive lock on the (new, empty) database for ``hold_s`` seconds."""
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("BEGIN EXCLUSIVE")
+    ready.set()  # type: ignore[attr-defined]
+    time.sleep(hold_s)
+    raw.execute("ROLLBACK")
+    raw.close()
+    os._exit(0)
+
+
+def test_a_locked_new_store_is_waited_for_and_never_called_corrupt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The busy timeout covers the WAL switch and the migration; past it the error says "locked"."""
+    from data import StoreBusy
+    from data import engine as engines
+
+    for hold_s, timeout_ms in ((0.6, engines.BUSY_TIMEOUT_MS), (3.0, 300)):
+        monkeypatch.setattr(engines, "BUSY_TIMEOUT_MS", timeout_ms)
+        path = tmp_path / f"held-{hold_s}.db"
+        ready = FORK.Event()
+        holder = FORK.Process(target=_lock_holder, args=(str(path), hold_s, ready))
+        holder.start()
+        assert ready.wait(30)
+        start = time.monotonic()
+        try:
+            if hold_s * 1000 < timeout_ms:  # released within the timeout: opened after the wait
+                with Store(path) as store:
+                    store.create_run("after-the-lock", "grpo", {}, 0)
+                assert time.monotonic() - start > 0.3
+            else:  # held past it: a busy error, not a corrupt database
+                with pytest.raises(StoreBusy, match="locked by another process") as err:
+                    Store(path)
+                assert not isinstance(err.value, CorruptDatabase)
+        finally:
+            holder.join(30)
+        assert holder.exitcode == 0
+    with Store(tmp_path / "held-3.0.db") as store:  # the refused opener changed nothing
+        assert store.runs() == []
+
+
 # ---------------------------------------------------------------------- schema and bad input
 def test_migrates_empty_database_to_head_matching_the_models(db_url: str) -> None:
     from alembic.autogenerate import compare_metadata
