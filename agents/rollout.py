@@ -289,7 +289,9 @@ def collect_groups(
             for g in range(cfg.group_size)
         ]
         slots.extend(members)
-        groups.append(EpisodeGroup(group_id=group_id, task_id=task_id, episodes=[s.episode for s in members]))
+        renderer = next((s.renderer for s in members if s.renderer is not None), None)
+        groups.append(EpisodeGroup(group_id=group_id, task_id=task_id,
+                                   episodes=[s.episode for s in members], renderer=renderer))
     for slot in slots:
         slot.episode.policy_version = version
     turn_index = 0

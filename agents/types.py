@@ -115,6 +115,9 @@ class EpisodeGroup:
     group_id: str
     task_id: str
     episodes: list[Episode]
+    # the agents.renderers.Renderer the group was played with (teacher contexts reuse it);
+    # not data: never stored, not compared
+    renderer: Any = field(default=None, compare=False, repr=False)
 
     @property
     def rewards(self) -> list[float]:

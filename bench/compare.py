@@ -265,9 +265,9 @@ def evaluate_model(model: Any, tokenizer: Any, cfg: CompareConfig, env: str, sto
                    run_name: str) -> dict[str, float]:
     """Greedy success of ``model`` on both splits; each split is recorded as an ``eval`` run."""
     from agents.backends import HFBackend
-    from trainers.loop import make_renderer_factory
+    from trainers.runtime import renderer_factory
 
-    factory, _ = make_renderer_factory(env, tokenizer, {})
+    factory = renderer_factory(tokenizer)
     backend = HFBackend(model, tokenizer)
     out = {}
     for split in SPLITS:

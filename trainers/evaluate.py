@@ -15,7 +15,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import envs
+from agents.backends import SamplingParams, make_backend
+from agents.rollout import RolloutConfig, collect_groups
 from agents.types import Episode
+from trainers.config import config_to_dict
+from trainers.runtime import load_any_model, open_store, renderer_factory
 from trainers.train_config import DEFAULT_ENV, DEFAULT_MODEL
 
 __all__ = ["EvalConfig", "EvalReport", "evaluate_policy", "evaluate_checkpoint"]
@@ -98,10 +103,6 @@ def evaluate_policy(
     env_kwargs: dict[str, Any] | None = None,
 ) -> EvalReport:
     """Play the first ``episodes`` tasks of ``split`` once each with ``backend``."""
-    import envs
-    from agents.backends import SamplingParams
-    from agents.rollout import RolloutConfig, collect_groups
-
     env = envs.make(env_id, **(env_kwargs or {}))
     try:
         base: Any = env.unwrapped
@@ -119,16 +120,11 @@ def evaluate_policy(
 
 def evaluate_checkpoint(cfg: EvalConfig, *, policy: tuple[Any, Any] | None = None) -> EvalReport:
     """Load ``cfg.model``, evaluate it, print the table and record it in the store."""
-    from agents.backends import make_backend
-    from trainers.config import config_to_dict
-    from trainers.loop import load_any_model, make_renderer_factory, open_store
-
     model, tokenizer = policy if policy is not None else load_any_model(cfg.model)
-    renderer_factory, _ = make_renderer_factory(cfg.env, tokenizer, cfg.env_kwargs)
     backend = make_backend(cfg.backend if cfg.backend != "vllm" else "vllm", model=model,
                            tokenizer=tokenizer,
                            **({"model_dir": cfg.model} if cfg.backend == "vllm" else {}))
-    report = evaluate_policy(backend, renderer_factory, cfg.env, split=cfg.split, episodes=cfg.episodes,
+    report = evaluate_policy(backend, renderer_factory(tokenizer), cfg.env, split=cfg.split, episodes=cfg.episodes,
                              greedy=cfg.greedy, temperature=cfg.temperature, seed=cfg.seed,
                              max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
                              max_context_tokens=cfg.max_context_tokens, env_kwargs=cfg.env_kwargs)

@@ -28,8 +28,6 @@ import math
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -37,8 +35,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+from transformers import set_seed
 
+import envs
+from agents.backends import make_backend
+from agents.models import resolve_model_dir
 from agents.types import EpisodeGroup
+from trainers.batch import TrainContext, move_batch
 from trainers.checkpoint import (
     TrainerState,
     latest_checkpoint,
@@ -48,15 +52,32 @@ from trainers.checkpoint import (
 )
 from trainers.config import ConfigError, config_to_dict, dump_yaml
 from trainers.errors import TooManyBadStepsError
+from trainers.evaluate import evaluate_policy
 from trainers.losses import k3_kl
-from trainers.methods import get_method
-from trainers.methods.base import Method, RolloutOverrides, TrainBatch, TrainContext
+from trainers.methods import Method, get_method
 from trainers.metrics import MetricsLogger
+from trainers.plots import plot_learning_curve
+from trainers.runtime import (  # re-exported: the loop's toolbox used to live here
+    PolicyOutput,
+    TaskCursor,
+    build_optimizer,
+    build_policy,
+    collect_rollouts,
+    load_any_model,
+    open_store,
+    policy_logprobs,
+    reference_view,
+    renderer_factory,
+    step_seed,
+    train_task_ids,
+)
 from trainers.train_config import TrainConfig
 
 __all__ = [
     "train",
+    "train_step",
     "TrainResult",
+    # the runtime builders, re-exported from trainers.runtime
     "TaskCursor",
     "load_any_model",
     "build_policy",
@@ -65,28 +86,8 @@ __all__ = [
     "PolicyOutput",
     "step_seed",
     "open_store",
+    "train_task_ids",
 ]
-
-
-# --------------------------------------------------------------------------- small pieces
-
-
-@dataclass
-class TaskCursor:
-    """Deterministic task order: epoch ``e`` visits ``task_ids`` in ``permutation(seed, e)``."""
-
-    task_ids: list[str]
-    seed: int
-    position: int = 0
-
-    def next(self, k: int) -> list[str]:
-        out = []
-        for _ in range(k):
-            epoch, i = divmod(self.position, len(self.task_ids))
-            perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.task_ids))
-            out.append(self.task_ids[int(perm[i])])
-            self.position += 1
-        return out
 
 
 @dataclass
@@ -101,174 +102,6 @@ class TrainResult:
     @property
     def last(self) -> dict[str, float]:
         return self.metrics[-1] if self.metrics else {}
-
-
-def step_seed(seed: int, step: int) -> int:
-    """Seed of everything sampled at ``step`` (independent of how the run got there)."""
-    return (seed * 1_000_003 + step * 7919) % (2**31 - 1)
-
-
-def load_any_model(name: str, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
-    """``load_model(name)``, plus ``"tiny"``/``"tiny:<seed>"``: a random 2-layer model with the
-    real tokenizer (tests and smoke runs)."""
-    from agents.models import load_model, tiny_model
-
-    if name == "tiny" or name.startswith("tiny:"):
-        seed = int(name.split(":", 1)[1]) if ":" in name else 0
-        model, tok = tiny_model(seed=seed)
-        return model.to(dtype), tok
-    return load_model(name, dtype=dtype)
-
-
-def build_policy(cfg: TrainConfig, base: tuple[Any, Any] | None = None) -> tuple[Any, Any]:
-    """The trained policy: the student model (``base`` or ``cfg.model``), LoRA-wrapped (PEFT,
-    which injects its layers into the base model in place) or fully trainable."""
-    dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
-    model, tokenizer = base if base is not None else load_any_model(cfg.model, dtype)
-    if hasattr(model, "merge_and_unload"):  # a LoRA checkpoint as the student: fold it in
-        model = model.merge_and_unload()
-    if cfg.finetune == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        targets: Any = cfg.lora_targets
-        if targets != "all-linear":
-            targets = [t.strip() for t in targets.split(",") if t.strip()]
-        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=targets, task_type="CAUSAL_LM")
-        model = get_peft_model(model, lora)
-    else:
-        model.requires_grad_(True)
-    model.eval()
-    return model, tokenizer
-
-
-def build_optimizer(cfg: TrainConfig, model: Any) -> tuple[torch.optim.Optimizer, Any]:
-    """AdamW over the trainable parameters and a transformers LR schedule."""
-    from transformers import get_scheduler
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
-                              num_training_steps=max(cfg.steps, 1))
-    return optimizer, scheduler
-
-
-def open_store(cfg: TrainConfig) -> Any:
-    """The trajectory store of the run (default: one SQLite file under ``output_dir``)."""
-    from data import Store
-
-    url = cfg.store or f"sqlite:///{Path(cfg.output_dir).resolve() / 'distillgym.db'}"
-    return Store(url)
-
-
-def make_renderer_factory(env_id: str, tokenizer: Any, env_kwargs: dict[str, Any]) -> tuple[Any, str]:
-    """``(factory, family)``: ``factory(env.unwrapped, reset_info) -> Renderer`` for the env's
-    family, instructions and tools (the signature ``agents.rollout.collect_groups`` takes)."""
-    import functools
-
-    import envs
-    from agents.renderers import Renderer
-
-    env = envs.make(env_id, **env_kwargs)
-    try:
-        family = str(getattr(env.unwrapped, "family", ""))
-    finally:
-        env.close()
-    return functools.partial(Renderer.for_env, tokenizer), family
-
-
-def train_task_ids(env_id: str, split: str, n: int, env_kwargs: dict[str, Any]) -> list[str]:
-    import envs
-
-    env = envs.make(env_id, **env_kwargs)
-    try:
-        base: Any = env.unwrapped
-        return list(base.task_ids(split, n))
-    finally:
-        env.close()
-
-
-# --------------------------------------------------------------------------- rollouts and forward
-
-
-def collect_rollouts(
-    ctx: TrainContext, step: int, tasks: list[str], overrides: RolloutOverrides
-) -> list[EpisodeGroup]:
-    """G on-policy episodes per task from the context's backend, seeded by ``(seed, step)``."""
-    from agents.backends import SamplingParams
-    from agents.rollout import RolloutConfig, collect_groups
-
-    cfg = ctx.cfg
-    seed = step_seed(cfg.seed, step)
-    torch.manual_seed(seed)
-    sampling = SamplingParams(
-        temperature=overrides.temperature if overrides.temperature is not None else cfg.temperature,
-        top_p=cfg.top_p, max_tokens=cfg.max_new_tokens,
-    )  # seed None: the rollout derives one seed per turn from the env seed below
-    rollout_cfg = RolloutConfig(
-        group_size=overrides.group_size or cfg.group_size, max_turns=cfg.max_turns,
-        max_context_tokens=cfg.max_context_tokens, sampling=sampling,
-        privileged_strength=overrides.privileged_strength,
-    )
-    return collect_groups(
-        ctx.env_id, tasks, ctx.backend, ctx.renderer_factory, rollout_cfg, seed=seed,
-        policy_version=ctx.policy_version, env_kwargs=cfg.env_kwargs,
-        prefix_actions=overrides.prefix_actions, max_student_turns=overrides.max_student_turns,
-    )
-
-
-@dataclass
-class PolicyOutput:
-    """One micro-batch forward: ``logp_BT`` (with gradient, 0 off the trained tokens), the
-    entropy of the predicting distribution at trained tokens (no gradient) and a lazy
-    ``logits_fn() -> (B, T, V)`` for full-vocabulary losses (computed only when asked for)."""
-
-    logp_BT: torch.Tensor
-    entropy_BT: torch.Tensor
-    logits_fn: Any
-
-
-def policy_logprobs(model: Any, mb: TrainBatch, temperature: float) -> PolicyOutput:
-    """``log π(x_t | x_<t)`` at the sampling temperature on the trained tokens of a micro-batch.
-
-    The vocabulary projection dominates the cost (V = 49k for SmolLM2), and most positions are
-    prompt and observation tokens; so the LM head is applied only to the ``N`` hidden states
-    that predict trained tokens: ``z_NV = W h_{b,t−1}``, ``logp_N = z[x_t]/τ − logsumexp(z/τ)``,
-    scattered back to ``(B, T)``.
-    """
-    dev = next(model.parameters()).device
-    ids = mb.input_ids_BT.to(dev)
-    out = model(input_ids=ids, attention_mask=mb.attention_mask_BT.to(dev),
-                output_hidden_states=True, logits_to_keep=1)
-    h_BTH = out.hidden_states[-1]
-    head: Any = model.get_output_embeddings()
-    b_N, t_N = (mb.loss_mask_BT.to(dev) > 0).nonzero(as_tuple=True)
-    z_NV = head(h_BTH[b_N, t_N - 1]).float() / temperature
-    logp_N = z_NV.gather(-1, ids[b_N, t_N][:, None]).squeeze(-1) - torch.logsumexp(z_NV, dim=-1)
-    logp_BT = torch.zeros(ids.shape, dtype=logp_N.dtype, device=dev).index_put((b_N, t_N), logp_N)
-    with torch.no_grad():
-        lp_NV = torch.log_softmax(z_NV.detach(), dim=-1)
-        ent_N = -(lp_NV.exp() * lp_NV).sum(-1)
-        entropy_BT = torch.zeros_like(logp_BT).index_put((b_N, t_N), ent_N)
-    return PolicyOutput(logp_BT, entropy_BT, lambda: head(h_BTH))
-
-
-@contextmanager
-def reference_view(ctx: TrainContext) -> Iterator[Any]:
-    """The KL reference: a frozen copy (full FT) or the policy with its adapter disabled (LoRA)."""
-    if ctx.reference is not None:
-        yield ctx.reference
-    else:
-        with ctx.model.disable_adapter():
-            yield ctx.model
-
-
-def _move(batch: TrainBatch, device: torch.device) -> TrainBatch:
-    for name in ("loss_mask_BT", "old_logp_BT", "teacher_logp_BT", "advantages_BT", "adv_B"):
-        value = getattr(batch, name)
-        if value is not None:
-            setattr(batch, name, value.to(device))
-    return batch
 
 
 # --------------------------------------------------------------------------- one step
@@ -295,12 +128,12 @@ def train_step(
     stats: dict[str, float] = defaultdict(float, method.step_stats(batch))
     bad = batch.num_tokens == 0  # nothing to train on (every episode empty): skip the step
     for mb in batch.micro_batches(cfg.token_budget):
-        mb = _move(mb, ctx.device)
+        mb = move_batch(mb, ctx.device)
         if cfg.kl_coef:
             with torch.no_grad(), reference_view(ctx) as ref:
                 mb.ref_logp_BT = policy_logprobs(ref, mb, cfg.temperature).logp_BT
         fwd = policy_logprobs(ctx.model, mb, cfg.temperature)
-        loss, mb_stats = method.loss(ctx, mb, fwd.logp_BT, fwd.logits_fn)
+        loss, mb_stats = method.loss(ctx, mb, fwd.logp_BT, fwd)
         if not torch.isfinite(loss):
             bad = True
             break
@@ -369,11 +202,6 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
     ``policy`` optionally passes an already-loaded ``(model, tokenizer)`` (tests, notebooks); it
     is trained in place (LoRA layers are injected into it when ``finetune == "lora"``).
     """
-    from transformers import set_seed
-
-    import envs
-    from agents.backends import make_backend
-
     method = get_method(cfg.method)(cfg)
     if type(cfg) is not method.config_cls and not isinstance(cfg, method.config_cls):
         raise ConfigError(f"method {cfg.method!r} needs a {method.config_cls.__name__}, "
@@ -391,16 +219,15 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
     model, tokenizer = build_policy(cfg, policy)
     device = _device()
     model.to(device)
-    renderer_factory, family = make_renderer_factory(cfg.env, tokenizer, cfg.env_kwargs)
     wants_vllm = cfg.backend == "vllm" or (cfg.backend == "auto" and torch.cuda.is_available())
-    model_dir = _model_dir(cfg.model) if wants_vllm and not cfg.model.startswith("tiny") else None
+    model_dir = resolve_model_dir(cfg.model) if wants_vllm and not cfg.model.startswith("tiny") else None
     backend = make_backend(cfg.backend, model=model, tokenizer=tokenizer,
                            **({"model_dir": model_dir} if model_dir else {}))
     store = open_store(cfg)
     run_id = _open_run(store, cfg)
     ctx = TrainContext(cfg=cfg, model=model, tokenizer=tokenizer, backend=backend,
-                       renderer_factory=renderer_factory, store=store, run_id=run_id,
-                       device=device, family=family, env_id=cfg.env)
+                       renderer_factory=renderer_factory(tokenizer), store=store, run_id=run_id,
+                       device=device, env_id=cfg.env)
     try:  # a setup failure (e.g. a teacher with another tokenizer) marks the run failed
         if cfg.kl_coef and cfg.finetune == "full":
             ctx.reference = copy.deepcopy(model).requires_grad_(False).eval()
@@ -467,12 +294,6 @@ def _device() -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _model_dir(name: str) -> Path:
-    from agents.models import resolve_model_dir
-
-    return resolve_model_dir(name)
-
-
 def _open_run(store: Any, cfg: TrainConfig) -> Any:
     """Create the run in the store, or reopen it (status back to running) when resuming."""
     return store.create_run(cfg.run_name, cfg.method, config_to_dict(cfg), seed=cfg.seed,
@@ -510,8 +331,6 @@ def _resume(ctx: TrainContext, method: Method, optimizer: Any, scheduler: Any, r
 
 
 def _periodic_eval(ctx: TrainContext) -> dict[str, float]:
-    from trainers.evaluate import evaluate_policy
-
     cfg = ctx.cfg
     report = evaluate_policy(ctx.backend, ctx.renderer_factory, cfg.env, split=cfg.eval_split,
                              episodes=cfg.eval_episodes, greedy=cfg.eval_greedy, seed=cfg.seed,
@@ -524,8 +343,6 @@ def _periodic_eval(ctx: TrainContext) -> dict[str, float]:
 def _progress(cfg: TrainConfig, start: int) -> Any:
     if not cfg.progress:
         return None
-    from tqdm.auto import tqdm
-
     return tqdm(total=cfg.steps, initial=start, desc=cfg.method, unit="step", dynamic_ncols=True)
 
 
@@ -540,8 +357,6 @@ def _update_bar(bar: Any, metrics: dict[str, float]) -> None:
 
 def _finish(cfg: TrainConfig, run_dir: Path, rows: list[dict[str, float]]) -> None:
     """Learning-curve PNG and a one-paragraph summary on stdout."""
-    from trainers.plots import plot_learning_curve
-
     try:
         plot_learning_curve(rows, run_dir / "learning_curve.png", title=cfg.run_name)
     except ImportError:  # matplotlib missing: the CSV is still there

@@ -24,16 +24,13 @@ With empty privileged information the teacher context equals the student context
 
 from __future__ import annotations
 
-import contextlib
-import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from agents.rollout import STRENGTHS as ROLLOUT_STRENGTHS
 from agents.types import Episode, EpisodeGroup, Turn
 from trainers.config import ConfigError
 from trainers.config import config_field as _f
@@ -43,9 +40,19 @@ from trainers.methods.base import (
     Method,
     TrainBatch,
     TrainContext,
-    _pad_id,
     build_batch,
+    pad_token_id,
     policy_loss,
+)
+from trainers.runtime import PolicyOutput
+from trainers.teachers import (
+    PRIVILEGED_STRENGTHS,
+    TeacherView,
+    build_teacher_view,
+    divergence_loss,
+    score_privileged,
+    teacher_logits_for_batch,
+    turn_privileged_text,
 )
 from trainers.train_config import TrainConfig
 
@@ -84,217 +91,6 @@ def opsd_shaped_advantages(
     """
     ell_BT = sampled_logratio(student_logp_BT, teacher_logp_BT, mask_BT)
     return adv_B.detach().float() - beta * masked_sum(ell_BT, mask_BT.float(), dim=-1)
-
-
-# ============================================================================================
-# Privileged teacher views and scoring (shared by OPSD, π-Distill, TT-OPD and Skill-SD)
-# ============================================================================================
-
-PRIVILEGED_STRENGTHS: tuple[str, ...] = tuple(ROLLOUT_STRENGTHS)
-"""The env's privileged strengths (``envs.base.STRENGTHS``, as the rollout records them)."""
-
-
-@dataclass
-class TeacherView:
-    """Which weights score the privileged context.
-
-    ``current``: the live policy (so with empty privileged text the teacher *is* the student);
-    ``frozen``: the initial weights (the LoRA adapter disabled, or a frozen copy for full
-    fine-tuning); ``ema``: an ``agents.ema.EMATeacher`` copy, updated by the method.
-    """
-
-    kind: str
-    model: nn.Module
-    disable_adapter: bool = False
-    ema: Any = None
-
-    @property
-    def is_student(self) -> bool:
-        return self.kind == "current"
-
-
-def build_teacher_view(ctx: TrainContext, kind: str, ema_decay: float = 0.999) -> TeacherView:
-    """Build the teacher for ``kind`` in {current, frozen, ema} from the context's policy."""
-    if kind == "current":
-        return TeacherView("current", ctx.model)
-    if kind == "frozen":
-        if hasattr(ctx.model, "disable_adapter") and ctx.cfg.finetune == "lora":
-            return TeacherView("frozen", ctx.model, disable_adapter=True)
-        frozen = copy.deepcopy(ctx.model).eval()
-        frozen.requires_grad_(False)
-        return TeacherView("frozen", frozen)
-    if kind == "ema":
-        from agents.ema import EMATeacher
-
-        ema = EMATeacher(ctx.model, ema_decay)
-        return TeacherView("ema", ema.model, ema=ema)
-    raise ValueError(f"unknown teacher kind {kind!r}; allowed: current, frozen, ema")
-
-
-def turn_privileged_text(turn: Turn, strength: str) -> str:
-    """The privileged text the rollout recorded for ``turn`` at ``strength`` ("" when none)."""
-    priv = turn.info.get("privileged") or {}
-    text = priv.get(strength, "") if isinstance(priv, dict) else ""
-    return text if isinstance(text, str) else ""
-
-
-def renderer_for(ctx: TrainContext, task_id: str) -> Any:
-    """The renderer the rollout used for ``task_id`` (family, instructions and tools of that task).
-
-    Built once per task from ``ctx.renderer_factory(env.unwrapped, reset_info)`` and cached in
-    ``ctx.state["renderers"]``; teacher contexts must be spliced with the student's exact renderer.
-    """
-    cache: dict[str, Any] = ctx.state.setdefault("renderers", {})
-    if task_id not in cache:
-        import envs
-
-        env = envs.make(ctx.env_id, **ctx.cfg.env_kwargs)
-        try:
-            _, info = env.reset(options={"task_id": task_id})
-            cache[task_id] = ctx.renderer_factory(env.unwrapped, info)
-        finally:
-            env.close()
-    return cache[task_id]
-
-
-TextFn = Callable[[Episode, Turn], str]
-"""``f(episode, turn) -> privileged text`` spliced into the teacher's context of that turn."""
-
-
-def score_privileged(
-    ctx: TrainContext, view: TeacherView, episodes: list[Episode], text_fn: TextFn,
-    temperature: float,
-) -> None:
-    """Fill ``turn.teacher_logprobs`` with the teacher's log-probs on the student's exact ids.
-
-    Splicing ``text_fn(episode, turn)`` into each turn's context and re-aligning the teacher's
-    log-probs is ``agents.scoring.score_turns``'s job. When the teacher is the current policy
-    and a turn's text is empty, the teacher context *equals* the student context, so the
-    teacher log-probs are the sampler's own: every distillation term on that turn is exactly 0
-    (and no forward pass is spent on it).
-    """
-    from agents.scoring import score_turns
-
-    todo = [
-        ep for ep in episodes
-        if ep.turns and not (view.is_student and not any(text_fn(ep, t) for t in ep.turns))
-    ]
-    by_task: dict[str, list[Episode]] = {}
-    for ep in todo:
-        by_task.setdefault(ep.task_id, []).append(ep)
-    for task_id, task_episodes in by_task.items():
-        score_turns(
-            view.model, task_episodes, renderer=renderer_for(ctx, task_id), temperature=temperature,
-            disable_adapter=view.disable_adapter, privileged_texts=text_fn,
-            batch_tokens=ctx.cfg.token_budget,
-        )
-    if view.is_student:
-        for episode in episodes:
-            for turn in episode.turns:
-                if not text_fn(episode, turn):
-                    turn.teacher_logprobs = [
-                        lp if m else 0.0 for lp, m in zip(turn.sampler_logprobs, turn.loss_mask)
-                    ]
-
-
-def logits_at(model: nn.Module, ids: list[int], rows: Tensor, *, with_grad: bool = False) -> Tensor:
-    """Raw logits of ``model`` on the sequence ``ids`` at row positions ``rows`` only.
-
-    ``out[i] = z[rows[i]]`` where ``z[j]`` predicts ``ids[j + 1]``; computed with the HF
-    ``logits_to_keep`` argument so the ``(L, V)`` head output is never materialized (a
-    full-vocabulary log-softmax over every prompt position dominates scoring time otherwise).
-    Shapes: ``rows (R,) long -> (R, V)``.
-    """
-    device = next(model.parameters()).device
-    input_ids = torch.tensor([ids], dtype=torch.long, device=device)
-    with torch.enable_grad() if with_grad else torch.no_grad():
-        out = model(input_ids=input_ids, logits_to_keep=rows.to(device), use_cache=False)
-    return out.logits[0]
-
-
-@contextlib.contextmanager
-def _adapter_disabled(model: nn.Module, disable: bool) -> Iterator[None]:
-    if disable:
-        with model.disable_adapter():  # type: ignore[operator]
-            yield
-    else:
-        yield
-
-
-def teacher_logits_for_batch(
-    ctx: TrainContext, view: TeacherView, batch: TrainBatch, text_fn: TextFn
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Teacher logits at every trained position of ``batch``, from the privileged context.
-
-    For each turn of each row the teacher context is ``teacher_ids(prompt + completion, I_k)``
-    (a block of ``n`` tokens spliced at ``pos``); the student token at row position ``t``
-    (``t ≥ pos``) sits at ``t + n`` there, so its predicting logits are teacher row ``t + n − 1``
-    (student row ``t − 1``). Turns whose text is empty while the teacher is the current policy
-    are skipped: their divergence is exactly 0.
-
-    Returns ``(b_N, t_N, logits_NV)``: row and position in ``batch`` of each gathered token and
-    the teacher's raw logits that predict it. No gradient.
-    """
-    seqs: list[list[int]] = []
-    where: list[tuple[int, list[int], int]] = []  # (row, student positions, block length n)
-    for b, episode in enumerate(batch.episodes):
-        for turn in episode.turns:
-            text = text_fn(episode, turn)
-            if view.is_student and not text:
-                continue
-            start = len(turn.prompt_ids)
-            positions = [start + j for j, m in enumerate(turn.loss_mask) if m]
-            if positions:
-                renderer = renderer_for(ctx, episode.task_id)
-                ids, _, n = renderer.teacher_ids(list(turn.prompt_ids) + list(turn.completion_ids), text)
-                seqs.append(ids)
-                where.append((b, positions, n))
-    rows: list[Tensor] = []
-    b_list: list[int] = []
-    t_list: list[int] = []
-    with _adapter_disabled(view.model, view.disable_adapter):
-        for (b, positions, n), ids in zip(where, seqs):
-            keep = torch.tensor([t + n - 1 for t in positions], dtype=torch.long)
-            rows.append(logits_at(view.model, ids, keep).float())
-            b_list += [b] * len(positions)
-            t_list += positions
-    if not rows:
-        empty = torch.zeros(0, dtype=torch.long)
-        return empty, empty, torch.zeros(0, _vocab_size(view.model))
-    return torch.tensor(b_list), torch.tensor(t_list), torch.cat(rows, 0)
-
-
-def _vocab_size(model: nn.Module) -> int:
-    config = getattr(model, "config", None)
-    return int(getattr(config, "vocab_size", 0) or 0)
-
-
-def divergence_loss(
-    student_logits_NV: Tensor,
-    teacher_logits_NV: Tensor,
-    *,
-    beta: float = 0.5,
-    temperature: float = 1.0,
-) -> Tensor:
-    """Per-token generalized ``JSD_β(π_T ‖ π_S)`` on full logit rows, through ``kernels``.
-
-    ``M = β·P_T + (1−β)·P_S``, ``JSD_β = β·KL(P_T‖M) + (1−β)·KL(P_S‖M)`` after dividing both
-    rows by ``temperature``; ``β=0`` is forward KL(T‖S), ``β=1`` reverse KL(S‖T) (TRL convention,
-    endpoints special-cased by the kernel). The teacher is a stop-gradient target.
-    Shapes: ``(N, V), (N, V) -> (N,)``.
-    """
-    from kernels import distill_loss_from_logits
-
-    out = distill_loss_from_logits(
-        student_logits_NV,
-        teacher_logits_NV.detach(),
-        kind="jsd",
-        beta=beta,
-        temperature=temperature,
-        reduction="none",
-    )
-    assert isinstance(out, Tensor)  # no entropy requested: a single tensor
-    return out
 
 
 # ============================================================================================
@@ -350,12 +146,8 @@ class OPSD(Method):
         """Privileged text of a turn: what the rollout recorded at the configured strength."""
         return turn_privileged_text(turn, self.cfg.privileged)  # type: ignore[attr-defined]
 
-    def score(self, ctx: TrainContext, groups: list[EpisodeGroup]) -> None:
-        episodes = [ep for g in groups for ep in g.episodes if ep.turns]
-        score_privileged(ctx, self.view, episodes, self.text, self.cfg.temperature)
-
     def make_batch(self, ctx: TrainContext, groups: list[EpisodeGroup]) -> TrainBatch:
-        return build_batch(groups, _pad_id(ctx.tokenizer), std_norm=self.cfg.adv_std_norm,
+        return build_batch(groups, pad_token_id(ctx.tokenizer), std_norm=self.cfg.adv_std_norm,
                            with_teacher=True)
 
     def advantages(self, ctx: TrainContext, batch: TrainBatch) -> Tensor:
@@ -367,14 +159,18 @@ class OPSD(Method):
                                            batch.loss_mask_BT, cfg.opsd_beta)
         return adv_B[:, None] * batch.loss_mask_BT
 
+    def score(self, ctx: TrainContext, groups: list[EpisodeGroup]) -> None:
+        episodes = [ep for g in groups for ep in g.episodes if ep.turns]
+        score_privileged(ctx, self.view, episodes, self.text, self.cfg.temperature)
+
     def loss(
-        self, ctx: TrainContext, batch: TrainBatch, logp_BT: Tensor, logits_fn: Callable[[], Tensor]
+        self, ctx: TrainContext, batch: TrainBatch, logp_BT: Tensor, fwd: PolicyOutput
     ) -> tuple[Tensor, dict[str, float]]:
         cfg: OPSDConfig = self.cfg  # type: ignore[assignment]
         if cfg.opsd_mode == "shaping":
             return policy_loss(cfg, batch, logp_BT)
         pg, stats = policy_loss(cfg, batch, logp_BT)
-        div = self.divergence(ctx, batch, logits_fn)
+        div = self.divergence(ctx, batch, fwd.logits_BTV)
         stats["distill_loss"] = float(div.item())
         return cfg.grpo_coef * pg + cfg.distill_coef * div, stats
 

@@ -17,7 +17,6 @@ As coded by the authors the KL terms become reward shaping of the group-relative
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,10 +34,11 @@ from trainers.methods.base import (
     RolloutOverrides,
     TrainBatch,
     TrainContext,
-    _pad_id,
     build_batch,
+    pad_token_id,
 )
-from trainers.methods.opsd import PRIVILEGED_STRENGTHS, logits_at
+from trainers.runtime import PolicyOutput
+from trainers.teachers import PRIVILEGED_STRENGTHS, logits_at
 from trainers.train_config import TrainConfig
 
 __all__ = [
@@ -159,7 +159,7 @@ class PiDistill(Method):
         return RolloutOverrides(privileged_strength=self.cfg.privileged)  # type: ignore[attr-defined]
 
     def make_batch(self, ctx: TrainContext, groups: list[EpisodeGroup]) -> TrainBatch:
-        batch = build_batch(groups, _pad_id(ctx.tokenizer), std_norm=self.cfg.adv_std_norm)
+        batch = build_batch(groups, pad_token_id(ctx.tokenizer), std_norm=self.cfg.adv_std_norm)
         if batch.num_seqs:  # sg log π_S on the sampled tokens, before the update (for the shaping)
             batch.extras["student_logp_BT"] = student_view_logprobs(
                 ctx.model, batch, self.cfg.temperature, with_grad=False).cpu()
@@ -179,7 +179,7 @@ class PiDistill(Method):
         return stats
 
     def loss(
-        self, ctx: TrainContext, batch: TrainBatch, logp_BT: Tensor, logits_fn: Callable[[], Tensor]
+        self, ctx: TrainContext, batch: TrainBatch, logp_BT: Tensor, fwd: PolicyOutput
     ) -> tuple[Tensor, dict[str, float]]:
         cfg: PiDistillConfig = self.cfg  # type: ignore[assignment]
         assert batch.advantages_BT is not None

@@ -21,10 +21,12 @@ from typing import Any
 
 from torch import Tensor
 
+import envs
 from agents.types import EndReason, Episode, EpisodeGroup, Turn
 from trainers.losses import aggregate
 from trainers.methods import register_method
 from trainers.methods.base import Method, RolloutOverrides, TrainBatch, TrainContext
+from trainers.runtime import PolicyOutput
 from trainers.train_config import TrainConfig
 
 __all__ = ["SFT", "SFTConfig", "expert_episode", "collect_expert_groups", "format_expert_action"]
@@ -119,8 +121,6 @@ def collect_expert_groups(
     env_kwargs: dict[str, Any] | None = None,
 ) -> list[EpisodeGroup]:
     """One expert demonstration per task, as single-episode groups."""
-    import envs
-
     env = envs.make(env_id, **(env_kwargs or {}))
     try:
         groups = []
@@ -160,7 +160,7 @@ class SFT(Method):
     def advantages(self, ctx: TrainContext, batch: TrainBatch) -> Tensor:
         return batch.loss_mask_BT.clone()
 
-    def loss(self, ctx: TrainContext, batch: TrainBatch, logp_BT: Tensor, logits_fn: Any
+    def loss(self, ctx: TrainContext, batch: TrainBatch, logp_BT: Tensor, fwd: PolicyOutput
              ) -> tuple[Tensor, dict[str, float]]:
         loss = demo_nll(logp_BT, batch.loss_mask_BT, batch.num_tokens)
         return loss, {"nll": loss.item()}

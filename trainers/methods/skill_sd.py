@@ -20,13 +20,13 @@ others the teacher *is* the student). ``episode.info["skill_id"]`` records the c
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from agents.types import EndReason, Episode, EpisodeGroup, Turn
+from kernels import importance_weighted_k3
 from trainers.config import ConfigError
 from trainers.config import config_field as _f
 from trainers.errors import TrainerError
@@ -37,11 +37,11 @@ from trainers.methods.base import (
     RolloutOverrides,
     TrainBatch,
     TrainContext,
-    _pad_id,
     build_batch,
+    pad_token_id,
     policy_loss,
 )
-from trainers.methods.opsd import TeacherView, score_privileged
+from trainers.runtime import PolicyOutput, load_any_model
 from trainers.skills import (
     ModelSummarizer,
     OpenAISummarizer,
@@ -52,6 +52,7 @@ from trainers.skills import (
     select_skill,
     skill_text,
 )
+from trainers.teachers import TeacherView, score_privileged
 from trainers.train_config import TrainConfig
 
 __all__ = ["SkillSD", "SkillSDConfig", "skill_sdl_loss", "build_summarizer", "pick_for_summary"]
@@ -63,8 +64,6 @@ def skill_sdl_loss(logp_BT: Tensor, teacher_logp_BT: Tensor, old_logp_BT: Tensor
     ``ℓ_t = log π_S − sg log π_T``, ``ρ_t = exp(log π_S − sg log π_old)``; gradient w.r.t.
     ``logp_BT`` is ``ρ_t·ℓ_t``. Shapes: all ``(B, T) -> (B, T)``; the caller masks and aggregates.
     """
-    from kernels import importance_weighted_k3
-
     return importance_weighted_k3(logp_BT, teacher_logp_BT.detach(), old_logp_BT.detach())
 
 
@@ -109,9 +108,7 @@ def build_summarizer(cfg: SkillSDConfig, ctx: TrainContext, lock: threading.Lock
         return OpenAISummarizer(cfg.summarizer_url, model=cfg.summarizer_api_model,
                                 max_tokens=cfg.summarizer_max_tokens)
     if cfg.summarizer == "model":
-        from agents.models import load_model
-
-        model, tokenizer = load_model(cfg.summarizer_model)
+        model, tokenizer = load_any_model(cfg.summarizer_model)
         return ModelSummarizer(model.to(ctx.device).eval(), tokenizer, cfg.summarizer_max_tokens,
                                structured=cfg.summarizer_structured)
     return ModelSummarizer(ctx.model, ctx.tokenizer, cfg.summarizer_max_tokens, lock=lock,
@@ -164,14 +161,14 @@ class SkillSD(Method):
         score_privileged(ctx, self.view, episodes, self.text, self.cfg.temperature)
 
     def make_batch(self, ctx: TrainContext, groups: list[EpisodeGroup]) -> TrainBatch:
-        batch = build_batch(groups, _pad_id(ctx.tokenizer), std_norm=self.cfg.adv_std_norm,
+        batch = build_batch(groups, pad_token_id(ctx.tokenizer), std_norm=self.cfg.adv_std_norm,
                             with_teacher=True)
         batch.extras["skill_row_B"] = torch.tensor(
             [float(ep.info.get("skill_id") is not None) for ep in batch.episodes])
         return batch
 
     def loss(
-        self, ctx: TrainContext, batch: TrainBatch, logp_BT: Tensor, logits_fn: Callable[[], Tensor]
+        self, ctx: TrainContext, batch: TrainBatch, logp_BT: Tensor, fwd: PolicyOutput
     ) -> tuple[Tensor, dict[str, float]]:
         cfg: SkillSDConfig = self.cfg  # type: ignore[assignment]
         grpo, stats = policy_loss(cfg, batch, logp_BT)

@@ -19,8 +19,8 @@ from torch import Tensor
 
 from trainers.config import ConfigError
 from trainers.methods import register_method
-from trainers.methods.base import TrainBatch, TrainContext
-from trainers.methods.opd import OPD, OPDConfig
+from trainers.methods.base import TeacherMethod, TrainBatch, TrainContext
+from trainers.teachers import OPDConfig
 
 __all__ = ["SOD", "SODConfig", "step_divergences", "sod_step_weights", "sod_advantages"]
 
@@ -82,7 +82,7 @@ def sod_advantages(
 
 
 @register_method("sod")
-class SOD(OPD):
+class SOD(TeacherMethod):
     """OPD + GRPO with step-wise weights that damp turns drifting further than the first."""
 
     config_cls = SODConfig

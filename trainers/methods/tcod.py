@@ -22,18 +22,19 @@ The loss is the base method's (OPD: ``A_t = log π_T − log π_old`` in the cli
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
+import envs
 from agents.types import EpisodeGroup
 from trainers.config import ConfigError
 from trainers.config import config_field as _f
-from trainers.methods import register_method
+from trainers.methods import get_method, register_method
 from trainers.methods.base import Method, RolloutOverrides, TrainBatch, TrainContext
-from trainers.methods.opd import OPDConfig
+from trainers.runtime import PolicyOutput
+from trainers.teachers import OPDConfig
 from trainers.train_config import TrainConfig
 
 __all__ = [
@@ -75,8 +76,6 @@ def expert_actions(
     Stops when the episode ends (or after ``max_steps``, a program error guard: the envs'
     experts solve every task). Deterministic: a task id rebuilds the same task.
     """
-    import envs
-
     env = envs.make(env_id, **(env_kwargs or {}))
     try:
         env.reset(options={"task_id": task_id})
@@ -129,7 +128,8 @@ def _filter(groups: list[EpisodeGroup], keep: Any) -> tuple[list[EpisodeGroup], 
         kept = [ep for ep in g.episodes if keep(ep)]
         dropped += len(g.episodes) - len(kept)
         if kept:
-            out.append(EpisodeGroup(group_id=g.group_id, task_id=g.task_id, episodes=kept))
+            out.append(EpisodeGroup(group_id=g.group_id, task_id=g.task_id, episodes=kept,
+                                    renderer=g.renderer))
     return out, dropped
 
 
@@ -194,8 +194,6 @@ class TCOD(Method):
 
     def __init__(self, cfg: TrainConfig) -> None:
         super().__init__(cfg)
-        from trainers.methods import get_method
-
         base_cls = get_method(self.tcfg.base_method)
         if not isinstance(cfg, base_cls.config_cls):
             raise ConfigError(f"base_method={self.tcfg.base_method!r}: its config "
@@ -258,9 +256,9 @@ class TCOD(Method):
         return self.base.advantages(ctx, batch)
 
     def loss(
-        self, ctx: TrainContext, batch: TrainBatch, logp_BT: Tensor, logits_fn: Callable[[], Tensor]
+        self, ctx: TrainContext, batch: TrainBatch, logp_BT: Tensor, fwd: PolicyOutput
     ) -> tuple[Tensor, dict[str, float]]:
-        return self.base.loss(ctx, batch, logp_BT, logits_fn)
+        return self.base.loss(ctx, batch, logp_BT, fwd)
 
     def after_step(self, ctx: TrainContext, step: int, groups: list[EpisodeGroup]) -> None:
         self.base.after_step(ctx, step, groups)

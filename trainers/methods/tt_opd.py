@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,11 +38,12 @@ from trainers.methods.base import (
     Method,
     TrainBatch,
     TrainContext,
-    _pad_id,
     build_batch,
+    pad_token_id,
     policy_loss,
 )
-from trainers.methods.opsd import build_teacher_view, score_privileged, turn_privileged_text
+from trainers.runtime import PolicyOutput
+from trainers.teachers import build_teacher_view, score_privileged, turn_privileged_text
 from trainers.train_config import TrainConfig
 
 __all__ = [
@@ -211,7 +211,7 @@ class TTOPD(Method):
 
     def make_batch(self, ctx: TrainContext, groups: list[EpisodeGroup]) -> TrainBatch:
         cfg: TTOPDConfig = self.cfg  # type: ignore[assignment]
-        batch = build_batch(groups, _pad_id(ctx.tokenizer), std_norm=cfg.adv_std_norm,
+        batch = build_batch(groups, pad_token_id(ctx.tokenizer), std_norm=cfg.adv_std_norm,
                             with_teacher=True)
         if cfg.length_shaping and batch.num_seqs:
             l_max = cfg.length_max or cfg.max_turns * cfg.max_new_tokens
@@ -242,7 +242,7 @@ class TTOPD(Method):
         return stats
 
     def loss(
-        self, ctx: TrainContext, batch: TrainBatch, logp_BT: Tensor, logits_fn: Callable[[], Tensor]
+        self, ctx: TrainContext, batch: TrainBatch, logp_BT: Tensor, fwd: PolicyOutput
     ) -> tuple[Tensor, dict[str, float]]:
         cfg: TTOPDConfig = self.cfg  # type: ignore[assignment]
         grpo, stats = policy_loss(cfg, batch, logp_BT)
