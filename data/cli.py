@@ -7,7 +7,8 @@ every command opens it read-only, so a read-only file can be inspected)::
     python -m data show RUN [--episode N] [--logratio]
     python -m data replay RUN --episode N             # exit 1 on divergence
     python -m data export RUN --format jsonl|parquet|hf [--out PATH]
-    python -m data report RUN [--out report.html]
+    python -m data report RUN [--out report.html] [--pick latest|first|divergence] [--failed]
+                              [--task-type T]
 
 Errors in the input (a missing run, a file that is not a store, a newer schema) print one line
 and exit with status 2.
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from data.errors import StoreError
-from data.report import TokenText, log_ratios
+from data.report import PICKS, TokenText
 from data.store import Store, default_db
 from data.types import RunRecord
 
@@ -69,7 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run")
     report.add_argument("--out", default=None, help="default: RUN-report.html")
     report.add_argument("--episodes", type=int, default=5, help="transcripts to include")
+    report.add_argument("--pick", choices=PICKS, default="latest",
+                        help="which episodes become transcripts: the latest written, the first, "
+                             "or the highest teacher-student divergence (default: latest)")
+    report.add_argument("--failed", action="store_true", help="transcripts of failed episodes only")
+    report.add_argument("--task-type", default=None, help="transcripts of this task type only")
     _tokenizer_arg(report)
+    for command in sub.choices.values():  # --db also after the command: `runs --db X`
+        command.add_argument("--db", default=argparse.SUPPRESS, help="as before the command")
     return p
 
 
@@ -87,6 +95,8 @@ def _token_text(spec: str | None, run: RunRecord) -> TokenText | None:
     if spec == "none":
         return None
     name = spec or str(run.config.get("model") or DEFAULT_TOKENIZER)
+    if name == "tiny" or name.startswith("tiny:"):  # the test model uses the bundled tokenizer
+        name = DEFAULT_TOKENIZER
     try:
         from agents.models import load_tokenizer
 
@@ -122,8 +132,9 @@ def cmd_show(store: Store, args: argparse.Namespace) -> int:
     run = store.get_run(args.run)
     if args.episode is None:
         return _list_episodes(store, run, args.limit)
-    from rich.table import Table
     from rich.text import Text
+
+    from data.terminal import logratio_legend, logratio_view
 
     con = _console()
     step, ep = store.episode_at_with_step(run.run_id, args.episode)
@@ -149,6 +160,8 @@ def cmd_show(store: Store, args: argparse.Namespace) -> int:
                 style="magenta",
             )
         )
+    if args.logratio:
+        con.print(logratio_legend())
     if ep.initial_observation:
         con.print(Text("[env] ", style="bold blue") + Text(ep.initial_observation))
     for t in ep.turns:
@@ -158,29 +171,10 @@ def cmd_show(store: Store, args: argparse.Namespace) -> int:
             + Text(t.action_text)
             + Text(flag, style="red")
         )
-        ratios = log_ratios(t.sampler_logprobs, t.teacher_logprobs)
         if args.logratio:
-            if ratios is None:
-                con.print(Text("  (no teacher log-probs for this turn)", style="dim"))
-            else:
-                texts = (
-                    token_text(t.completion_ids)
-                    if token_text
-                    else [f"[{i}]" for i in t.completion_ids]
-                )
-                table = Table(
-                    "token", "student logp", "teacher logp", "log-ratio", box=None, padding=(0, 1)
-                )
-                for tok, s, te, r in zip(
-                    texts, t.sampler_logprobs, t.teacher_logprobs or [], ratios
-                ):
-                    table.add_row(
-                        Text(repr(tok)),
-                        f"{s:.3f}",
-                        f"{te:.3f}",
-                        Text(f"{r:+.3f}", style="red" if r < -1 else ""),
-                    )
-                con.print(table)
+            texts = token_text(t.completion_ids) if token_text else [f"[{i}]" for i in t.completion_ids]
+            for renderable in logratio_view(t, texts):
+                con.print(renderable)
         con.print(Text(f"[env reward={t.reward:g}] ", style="bold yellow") + Text(t.observation))
     return 0
 
@@ -238,13 +232,15 @@ def cmd_export(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_report(store: Store, args: argparse.Namespace) -> int:
-    from data.report import render_report
+    from data.report import render_report, select_transcripts
 
     run = store.get_run(args.run)
     episodes = list(store.episodes_with_steps(run.run_id))
-    shown = [(i, s, ep) for i, (s, ep) in enumerate(episodes[: max(args.episodes, 0)])]
+    shown = select_transcripts(episodes, args.episodes, args.pick, args.failed, args.task_type)
     token_text = _token_text(args.tokenizer, run) if shown else None
-    page = render_report(run, store.steps(run.run_id), episodes, shown, token_text)
+    selection = " ".join([args.pick, *(["failed"] if args.failed else []),
+                          *([f"task type {args.task_type}"] if args.task_type else [])])
+    page = render_report(run, store.steps(run.run_id), episodes, shown, token_text, selection)
     out = Path(args.out or f"{run.name}-report.html")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")

@@ -3,19 +3,28 @@
 All three hold the same records: one row per episode, with its fields and a ``turns`` list whose
 items hold every ``Turn`` field (token ids as int lists, log-probs as floats). JSONL round-trips
 through :func:`episode_from_dict`.
+
+Every method exports one schema (:func:`export_schema`, derived from the ``Episode``/``Turn``
+dataclasses): method-specific fields (``teacher_logprobs``, ``token_weights``, ``privileged``)
+are nullable columns of a fixed type, never inferred from the data, so the Parquet files and HF
+datasets of an SFT run and of an OPD run concatenate (``datasets.concatenate_datasets``).
+``info`` dicts are JSON strings.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from agents.types import Episode, Turn
 
-__all__ = ["FORMATS", "episode_to_dict", "episode_from_dict", "export_episodes"]
+__all__ = ["FORMATS", "episode_to_dict", "episode_from_dict", "export_episodes", "export_schema",
+           "export_features"]
 
 FORMATS = ("jsonl", "parquet", "hf")
 
@@ -46,6 +55,47 @@ def _rows(episodes: Iterable[tuple[int, Episode]], run: str) -> Iterator[dict[st
         yield episode_to_dict(ep, run, step)
 
 
+def _arrow_type(hint: Any) -> Any:
+    """The Arrow type of one dataclass field's annotation (``X | None`` is nullable ``X``)."""
+    import pyarrow as pa
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        (inner,) = [a for a in args if a is not type(None)]
+        return _arrow_type(inner)
+    if origin is list:
+        return pa.list_(_arrow_type(args[0]))
+    if origin is dict or hint is dict:
+        return pa.string()  # JSON text
+    simple = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
+    if hint in simple:
+        return simple[hint]
+    if hint is Turn:
+        return pa.struct(_fields(Turn))
+    raise TypeError(f"no export type for annotation {hint!r}")
+
+
+def _fields(cls: type) -> list[Any]:
+    import pyarrow as pa
+
+    hints = typing.get_type_hints(cls)
+    return [pa.field(f.name, _arrow_type(hints[f.name])) for f in dataclasses.fields(cls)]
+
+
+def export_schema() -> Any:
+    """The one ``pyarrow.Schema`` of every export: ``run``, ``step`` and the ``Episode`` fields."""
+    import pyarrow as pa
+
+    return pa.schema([pa.field("run", pa.string()), pa.field("step", pa.int64()), *_fields(Episode)])
+
+
+def export_features() -> Any:
+    """:func:`export_schema` as ``datasets.Features``."""
+    import datasets
+
+    return datasets.Features.from_arrow_schema(export_schema())
+
+
 def export_episodes(
     episodes: Iterable[tuple[int, Episode]], out: str | Path, fmt: str, run: str = ""
 ) -> int:
@@ -69,9 +119,9 @@ def export_episodes(
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist(rows), out)
+        pq.write_table(pa.Table.from_pylist(rows, schema=export_schema()), out)
     else:
         import datasets
 
-        datasets.Dataset.from_list(rows).save_to_disk(str(out))
+        datasets.Dataset.from_list(rows, features=export_features()).save_to_disk(str(out))
     return len(rows)

@@ -279,9 +279,12 @@ def test_cli_report_is_inert_with_hostile_text(db: Path, tmp_path: Path) -> None
         "div",
         "span",
         "sub",
+        "a",  # the section links and the transcript index
     }
     for tag, attrs in parser.tags:
         assert not any(name.startswith("on") for name in attrs), (tag, attrs)
+        if tag == "a":
+            assert attrs["href"].startswith("#"), attrs  # links stay inside the page
         if tag == "img":
             assert attrs["src"].startswith("data:image/png;base64,")
     assert sum(t == "img" for t, _ in parser.tags) == 1  # the learning curves
