@@ -6,7 +6,9 @@ string as in OpenAI's API, and ``{"function": {...}}`` wrappers are unwrapped) o
 for the user. :func:`parse_tool_action` is a pure function that never raises: a malformed tool
 call becomes an :class:`InvalidAction` carrying the reason, which the env shows as ``Error: ...``.
 
-The policy allows one tool call per turn, so several calls in one action are invalid too.
+The policy allows one tool call per turn, so several calls in one action are invalid too, and so is
+text with nothing readable in it (only whitespace, control or format characters, or unpaired
+surrogates): it is no message to a customer.
 (``agents/`` has its own parser for model outputs; this is the env's interpretation.)
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +24,8 @@ __all__ = ["InvalidAction", "ToolAction", "UserMessage", "format_tool_call", "pa
 
 _TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 _FENCE_RE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+# Unicode categories with nothing to read: controls, format characters, surrogates, separators
+_UNREADABLE = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"})
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,11 @@ def parse_tool_action(text: str) -> ToolAction | UserMessage | InvalidAction:
     stripped = text.strip()
     if not stripped:
         return InvalidAction("empty action; send a tool call or a message to the user")
+    if not any(unicodedata.category(c) not in _UNREADABLE for c in stripped):
+        return InvalidAction(
+            "the action has no readable text (only control characters or unpaired surrogates); "
+            "send a tool call or a message to the user"
+        )
     if "<tool_call>" in stripped:
         bodies = _TOOL_CALL_RE.findall(stripped)
         if len(bodies) != 1:

@@ -229,7 +229,10 @@ def read_answer(text: str) -> Number | None:
     numbers = _NUMBER_RE.findall(text)
     if not numbers:
         return None
-    return Fraction(numbers[-1].replace(",", ""))
+    try:
+        return Fraction(numbers[-1].replace(",", ""))
+    except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+        return None
 
 
 class CalculatorTools:
@@ -395,8 +398,12 @@ class CalculatorEnv(TextEnv):
 
 
 def is_correct(value: Number, task: CalcTask) -> bool:
-    """``|value - answer| <= 0.005`` for two-decimal answers, else a relative 1e-6."""
-    diff = abs(float(value) - float(task.answer))
+    """``|value - answer| <= 0.005`` for two-decimal answers, else a relative 1e-6. A value
+    beyond the float range (a very long number) is wrong: every answer is at most 1e100."""
+    try:
+        diff = abs(float(value) - float(task.answer))
+    except OverflowError:
+        return False
     return (
         diff <= 0.005 + 1e-9
         if task.two_decimals

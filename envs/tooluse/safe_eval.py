@@ -7,6 +7,10 @@ accepting only numbers, ``+ - * / // % **``, unary signs, parentheses, the const
 power). Guards: at most :data:`MAX_CHARS` characters and :data:`MAX_NODES` syntax nodes, integer
 exponents up to :data:`MAX_EXPONENT`, and every intermediate value at most
 :data:`MAX_MAGNITUDE` in size, so ``9**9**9`` or ``10**10**10`` fail fast instead of hanging.
+An exact value whose numerator or denominator would pass :data:`MAX_EXACT_BITS` bits (a tiny
+number such as ``((1/7)**200)**200``) continues as a float instead, and a float that underflows
+to 0 inside an operation (a division by it, a negative power of it) is an
+:class:`UnsafeExpressionError` like every other failure: model text never raises anything else.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from fractions import Fraction
 
 __all__ = [
     "MAX_CHARS",
+    "MAX_EXACT_BITS",
     "MAX_EXPONENT",
     "MAX_MAGNITUDE",
     "MAX_NODES",
@@ -33,29 +38,38 @@ MAX_CHARS = 300
 MAX_NODES = 120
 MAX_EXPONENT = 200
 MAX_MAGNITUDE = 1e100
+MAX_EXACT_BITS = 4_096
 
 
 class UnsafeExpressionError(ValueError):
     """The expression is malformed, uses something outside the allow-list, or is too big."""
 
 
+def _log2_abs(x: Number) -> float:
+    """``log2(|x|)`` of a nonzero number, exact enough for bounds and free of float underflow."""
+    if isinstance(x, Fraction):
+        return math.log2(abs(x.numerator)) - math.log2(x.denominator)
+    return math.log2(abs(x))
+
+
 def _pow(base: Number, exp: Number) -> Number:
+    if base == 0 and exp < 0:
+        raise UnsafeExpressionError("division by zero")
     if isinstance(exp, Fraction) and exp.denominator == 1:
         if abs(exp) > MAX_EXPONENT:
             raise UnsafeExpressionError(f"exponent {exp} is too large (limit {MAX_EXPONENT})")
-        if base == 0 and exp < 0:
-            raise UnsafeExpressionError("division by zero")
-        if base != 0 and float(exp) * math.log10(abs(float(base))) > math.log10(MAX_MAGNITUDE):
+        if base != 0 and int(exp) * _log2_abs(base) > math.log2(MAX_MAGNITUDE):
             raise UnsafeExpressionError("result is too large")
+        if isinstance(base, Fraction):
+            size = max(base.numerator.bit_length(), base.denominator.bit_length())
+            if size * abs(int(exp)) > MAX_EXACT_BITS:  # too many digits to stay exact
+                return float(base) ** int(exp)  # the bound above: no overflow (may underflow)
         return base ** int(exp)
     if base < 0:
         raise UnsafeExpressionError("fractional power of a negative number")
     if abs(float(exp)) > MAX_EXPONENT:
         raise UnsafeExpressionError(f"exponent {float(exp):g} is too large (limit {MAX_EXPONENT})")
-    try:
-        return float(base) ** float(exp)
-    except OverflowError as exc:
-        raise UnsafeExpressionError("result is too large") from exc
+    return float(base) ** float(exp)
 
 
 def _div(fn: Callable[[Number, Number], Number]) -> Callable[[Number, Number], Number]:
@@ -67,12 +81,17 @@ def _div(fn: Callable[[Number, Number], Number]) -> Callable[[Number, Number], N
     return op
 
 
+def _floordiv(a: Number, b: Number) -> Number:
+    q = a // b  # an int for two fractions: keep it a Fraction like every exact value
+    return Fraction(q) if isinstance(q, int) else q
+
+
 _BINOPS: dict[type, Callable[[Number, Number], Number]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
     ast.Mult: operator.mul,
     ast.Div: _div(operator.truediv),
-    ast.FloorDiv: _div(operator.floordiv),
+    ast.FloorDiv: _div(_floordiv),
     ast.Mod: _div(operator.mod),
     ast.Pow: _pow,
 }
@@ -102,8 +121,8 @@ _FUNCTIONS: dict[
     "sqrt": (_sqrt, 1, 1),
     "abs": (abs, 1, 1),
     "round": (_round, 1, 2),
-    "min": (min, 1, 10),
-    "max": (max, 1, 10),
+    "min": (lambda *xs: min(xs), 1, 10),  # min(x) of one number is x, not "not iterable"
+    "max": (lambda *xs: max(xs), 1, 10),
     "floor": (lambda x: Fraction(math.floor(x)), 1, 1),
     "ceil": (lambda x: Fraction(math.ceil(x)), 1, 1),
 }
@@ -132,13 +151,33 @@ _MAX_BITS = int(math.log2(MAX_MAGNITUDE))
 
 
 def _check(value: Number) -> Number:
+    if isinstance(value, int):  # e.g. floor() of a float
+        value = Fraction(value)
     if isinstance(value, Fraction):  # cheap bound: |n/d| < 2**(bits(n) - bits(d) + 1)
-        too_big = value.numerator.bit_length() - value.denominator.bit_length() > _MAX_BITS
-    else:
-        too_big = not math.isfinite(value) or abs(value) > MAX_MAGNITUDE
-    if too_big:
+        n_bits, d_bits = value.numerator.bit_length(), value.denominator.bit_length()
+        if n_bits - d_bits > _MAX_BITS:
+            raise UnsafeExpressionError("result is too large")
+        if max(n_bits, d_bits) <= MAX_EXACT_BITS:
+            return value
+        value = value.numerator / value.denominator  # correctly rounded; |value| < 2**(_MAX_BITS+1)
+    if not math.isfinite(value) or abs(value) > MAX_MAGNITUDE:
         raise UnsafeExpressionError("result is too large")
     return value
+
+
+def _apply(fn: Callable[..., Number], *args: Number) -> Number:
+    """``fn(*args)`` checked, with float failures (0 from an underflow, overflow, a math domain
+    error) turned into :class:`UnsafeExpressionError`."""
+    try:
+        return _check(fn(*args))
+    except ZeroDivisionError as exc:
+        raise UnsafeExpressionError("division by zero (a number too small for a float)") from exc
+    except OverflowError as exc:
+        raise UnsafeExpressionError("result is too large") from exc
+    except (ValueError, TypeError) as exc:  # an UnsafeExpressionError keeps its own message
+        if isinstance(exc, UnsafeExpressionError):
+            raise
+        raise UnsafeExpressionError(f"math error: {str(exc)[:80]}") from exc
 
 
 def _eval(node: ast.AST) -> Number:
@@ -147,7 +186,7 @@ def _eval(node: ast.AST) -> Number:
             raise UnsafeExpressionError(f"only numbers are allowed, not {node.value!r}"[:120])
         return _check(Fraction(node.value) if isinstance(node.value, int) else _decimal(node.value))
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        return _check(_BINOPS[type(node.op)](_eval(node.left), _eval(node.right)))
+        return _apply(_BINOPS[type(node.op)], _eval(node.left), _eval(node.right))
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _UNARY[type(node.op)](_eval(node.operand))
     if isinstance(node, ast.Name) and node.id in _CONSTANTS:
@@ -160,7 +199,7 @@ def _eval(node: ast.AST) -> Number:
         fn, lo, hi = _FUNCTIONS[node.func.id]
         if node.keywords or not lo <= len(node.args) <= hi:
             raise UnsafeExpressionError(f"{node.func.id}() takes {lo} to {hi} positional arguments")
-        return _check(fn(*(_eval(a) for a in node.args)))
+        return _apply(fn, *(_eval(a) for a in node.args))
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
         what = f"function {node.func.id[:30]!r}"
     elif isinstance(node, ast.Name):
