@@ -13,7 +13,9 @@ One trajectory, top to bottom (see ``agents/types.py`` for the token layout)::
 Model failures end up as data: a bad reply is ``action_valid=False``; a prompt that no longer
 fits (``len(prompt) + max_tokens > max_context_tokens``) ends the episode with
 ``EndReason.CONTEXT_OVERFLOW``; an env exception with ``EndReason.ENV_ERROR`` and the message in
-``episode.info["error"]``. The rest of the batch continues.
+``episode.info["error"]``. The rest of the batch continues. Text that no store can hold (unpaired
+surrogates, NUL) is replaced where it enters -- the model's text, an observation, privileged text,
+an error -- and counted in ``info["unstorable_chars"]`` (:mod:`agents.text_safety`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from agents.backends import Completion, GenerationBackend, SamplingParams
 from agents.errors import BackendError
 from agents.parsing import parse_action
 from agents.renderers import Renderer, check_extends, strip_span
+from agents.text_safety import record_text, storable
 from agents.types import EndReason, Episode, EpisodeGroup, Turn
 
 __all__ = ["RolloutConfig", "RolloutStats", "collect_groups", "student_view", "STRENGTHS"]
@@ -103,7 +106,7 @@ def _end(slot: _Slot, reason: str, **info: Any) -> None:
 
 
 def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    return storable(f"{type(exc).__name__}: {exc}")
 
 
 def _json_info(info: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +150,8 @@ def _start_slot(
     try:
         with _Timer(stats, "env_s"):
             obs, info = env.reset(seed=seed, options={"task_id": task_id})
-        episode.task_type = str(info.get("task_type", ""))
+        obs = record_text(obs, episode.info, "initial_observation")
+        episode.task_type = storable(str(info.get("task_type", "")))
         episode.initial_observation = obs
         slot.renderer = _make_renderer(source, env, info)
         slot.prompt_ids = slot.renderer.start(obs)
@@ -155,7 +159,7 @@ def _start_slot(
             _replay_prefix(slot, prefix, stats)
         if cfg.privileged_strength and not slot.done:
             with _Timer(stats, "env_s"):
-                text = _base(env).privileged_text(cfg.privileged_strength)
+                text = storable(_base(env).privileged_text(cfg.privileged_strength))
             slot.prompt_ids, pos, n = slot.renderer.teacher_ids(slot.prompt_ids, text)
             episode.info["privileged_span"] = [pos, n]
     except Exception as exc:  # noqa: BLE001 - an env failure is recorded, the batch goes on
@@ -172,6 +176,7 @@ def _replay_prefix(slot: _Slot, actions: list[str], stats: RolloutStats) -> None
     for action in actions:
         with _Timer(stats, "env_s"):
             obs, r, terminated, truncated, info = slot.env.step(action)
+        obs = record_text(obs, slot.episode.info, "prefix_observation")
         reward += float(r)
         slot.prompt_ids = slot.renderer.extend(slot.prompt_ids + slot.renderer.render_assistant(action), obs)
         if terminated or truncated:
@@ -183,18 +188,19 @@ def _replay_prefix(slot: _Slot, actions: list[str], stats: RolloutStats) -> None
 
 def _record_privileged(slot: _Slot, strengths: tuple[str, ...], stats: RolloutStats) -> dict[str, str]:
     with _Timer(stats, "env_s"):
-        return {s: _base(slot.env).privileged_text(s) for s in strengths}
+        return storable({s: _base(slot.env).privileged_text(s) for s in strengths})
 
 
 def _make_turn(slot: _Slot, completion: Completion, version: int, privileged: dict[str, str]) -> Turn:
     ids, mask = slot.renderer.finish_completion(completion.token_ids, completion.finish_reason)
     logps = list(completion.logprobs) + [0.0] * (len(ids) - len(completion.logprobs))
-    parsed = parse_action(slot.renderer.family, completion.text)
     info: dict[str, Any] = {"privileged": privileged} if privileged else {}
+    text = record_text(completion.text, info, "action_text")
+    parsed = parse_action(slot.renderer.family, text)
     if parsed.error:
         info["parse_error"] = parsed.error
     return Turn(index=len(slot.episode.turns), prompt_ids=list(slot.prompt_ids), completion_ids=ids,
-                sampler_logprobs=logps, loss_mask=mask, action_text=completion.text,
+                sampler_logprobs=logps, loss_mask=mask, action_text=text,
                 action=parsed.action, action_valid=parsed.valid,
                 finish_reason=completion.finish_reason, policy_version=version, info=info)
 
@@ -210,10 +216,11 @@ def _step_slot(slot: _Slot, turn: Turn, cfg: RolloutConfig, max_student_turns: i
     except Exception as exc:  # noqa: BLE001 - recorded; the other episodes continue
         _end(slot, EndReason.ENV_ERROR, error=_error_text(exc), error_stage=f"step {turn.index}")
         return
+    obs = record_text(obs, turn.info, "observation")
     turn.observation, turn.reward = obs, float(reward)
     turn.terminated, turn.truncated = bool(terminated), bool(truncated)
     turn.action_valid = turn.action_valid and bool(info.get("action_valid", True))
-    turn.info.update(_json_info(info))
+    turn.info.update(storable(_json_info(info)))
     episode.reward += turn.reward
     episode.won = bool(info.get("won", episode.won))
     if terminated or truncated:

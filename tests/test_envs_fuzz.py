@@ -115,7 +115,7 @@ def test_numeric_extremes_never_raise(env_id: str, data: st.DataObject) -> None:
 
 @pytest.mark.parametrize("env_id", ["DistillGym/Retail-v0", "DistillGym/Retail-Solo-v0"])
 @pytest.mark.parametrize(
-    "text", ["\x00\x07", "\ud800", "\udfff\ud800", "\x1b\x7f\x9b", "\u200b\ufeff\x0c\x01", "\ud83d"]
+    "text", ["\x00\x07", "\ud800", "\ufffd\ufffd", "\udfff\ud800", "\x1b\x7f\x9b", "\u200b\ufeff\x0c\x01", "\ud83d"]
 )
 def test_retail_text_with_nothing_readable_is_an_invalid_action(env_id: str, text: str) -> None:
     env = envs.make(env_id).unwrapped

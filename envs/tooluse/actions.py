@@ -7,8 +7,8 @@ for the user. :func:`parse_tool_action` is a pure function that never raises: a 
 call becomes an :class:`InvalidAction` carrying the reason, which the env shows as ``Error: ...``.
 
 The policy allows one tool call per turn, so several calls in one action are invalid too, and so is
-text with nothing readable in it (only whitespace, control or format characters, or unpaired
-surrogates): it is no message to a customer.
+text with nothing readable in it (only whitespace, control or format characters, unpaired
+surrogates, or U+FFFD, which a rollout puts in their place): it is no message to a customer.
 (``agents/`` has its own parser for model outputs; this is the env's interpretation.)
 """
 
@@ -68,7 +68,7 @@ def parse_tool_action(text: str) -> ToolAction | UserMessage | InvalidAction:
     stripped = text.strip()
     if not stripped:
         return InvalidAction("empty action; send a tool call or a message to the user")
-    if not any(unicodedata.category(c) not in _UNREADABLE for c in stripped):
+    if not any(c != "\ufffd" and unicodedata.category(c) not in _UNREADABLE for c in stripped):
         return InvalidAction(
             "the action has no readable text (only control characters or unpaired surrogates); "
             "send a tool call or a message to the user"
