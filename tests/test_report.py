@@ -279,3 +279,16 @@ def test_db_option_goes_before_or_after_the_command(runs: Path, capsys: pytest.C
     after = capsys.readouterr().out
     assert main(["--db", str(runs), "runs"]) == 0
     assert capsys.readouterr().out == after and "opd" in after and "sft" in after
+
+
+def test_the_run_keeps_its_resolved_store_url_and_the_help_names_it(runs: Path) -> None:
+    import dataclasses
+
+    from trainers.train_config import TrainConfig
+
+    with Store(runs, read_only=True) as store:
+        run = store.get_run("opd")
+    assert run.config["store"] == "" and run.config["store_url"] == f"sqlite:///{runs.resolve()}"
+    assert f"store sqlite:///{runs.resolve()}" in _report(runs, "opd", "--episodes", "0")
+    help_text = {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}["store"]
+    assert "sqlite:///<output_dir>/distillgym.db" in help_text and runs.name == "distillgym.db"

@@ -234,7 +234,8 @@ def _split_args(cls: type, argv: Sequence[str]) -> tuple[str | None, list[tuple[
                 is_bool = types_.get(key.replace("-", "_")) is bool
                 if is_bool and (nxt is None or nxt.startswith("--") or "=" in nxt):
                     value = "true"
-                elif nxt is None:
+                elif nxt is None or nxt.startswith("--") or nxt.split("=", 1)[0] in types_:
+                    # `--steps --lr 1e-3`, `--steps lr=1e-3`: the next word is an option, not a value
                     raise ConfigError(f"option --{key} needs a value")
                 else:
                     value, i = nxt, i + 1

@@ -36,7 +36,7 @@ class TrainConfig:
     seed: int = _f(0, "seed of task order, sampling and initialisation")
     steps: int = _f(20, "optimizer steps")
     output_dir: str = _f("runs", "root folder; the run writes into <output_dir>/<run_name>")
-    store: str = _f("", "trajectory store URL (default: sqlite:///<output_dir>/<run_name>/store.db)")
+    store: str = _f("", "trajectory store URL or path (default: sqlite:///<output_dir>/distillgym.db)")
     resume: bool = _f(False, "continue from the run's last checkpoint")
     progress: bool = _f(True, "show a progress bar")
     # env and data
