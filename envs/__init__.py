@@ -78,3 +78,8 @@ for _name in ("envs.tooluse", "envs.clinical", "envs.sokoban"):
         IMPORT_FAILURES[_name] = f"{type(_exc).__name__}: {_exc}"
         _record_failure(_name, IMPORT_FAILURES[_name])
         warnings.warn(f"{_name} failed to import: {_exc!r}", stacklevel=1)
+
+# Entry-point envs are registered at import, so plain ``gymnasium.make(id)`` finds them once
+# ``envs`` is imported (``gymnasium.make("envs:MyOrg/Env-v0")`` imports it itself); a broken
+# plugin is warned about and named by UnknownEnvError, as above.
+load_entry_points()

@@ -14,7 +14,9 @@ Two ways to add an env (see ``docs/envs.md``):
       [project.entry-points."distillgym.envs"]
       "MyOrg/GuessNumber-v0" = "mypkg.guess:GuessNumberEnv"
 
-Entry points are loaded lazily, the first time :func:`make` or :func:`list_envs` runs.
+Entry points are loaded when ``envs`` is imported, so plain ``gymnasium.make`` sees them (and
+``gymnasium.make("envs:<id>")`` imports ``envs`` itself); ``load_entry_points(force=True)``
+loads them again.
 """
 
 from __future__ import annotations
