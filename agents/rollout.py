@@ -33,10 +33,11 @@ from agents.parsing import parse_action
 from agents.renderers import Renderer, check_extends, strip_span
 from agents.text_safety import record_text, storable
 from agents.types import EndReason, Episode, EpisodeGroup, Turn
+from envs.base import STRENGTHS as _STRENGTHS
 
 __all__ = ["RolloutConfig", "RolloutStats", "collect_groups", "student_view", "STRENGTHS"]
 
-STRENGTHS = ("plan", "next_action", "hint", "answer", "outcome_hint")
+STRENGTHS = _STRENGTHS  # the env's privileged strengths (envs.base.STRENGTHS), re-exported
 _INFO_KEYS = ("task_id", "task_type", "action_valid", "won", "reward_breakdown")
 
 RendererSource = Renderer | Callable[[Any, dict[str, Any]], Renderer]

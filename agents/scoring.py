@@ -32,16 +32,31 @@ from agents.errors import ScoringError
 from agents.renderers import Renderer
 from agents.types import Episode, Turn
 
-__all__ = ["sequence_logprobs", "score_turns", "vllm_prompt_logprobs", "token_logprobs"]
+__all__ = ["sequence_logprobs", "score_turns", "vllm_prompt_logprobs", "gather_logprobs", "token_logprobs"]
 
 PrivilegedTexts = Callable[[Episode, Turn], str]
 
 
-def token_logprobs(logits_BTV: torch.Tensor, targets_BT: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """``logp_BT[b, t] = log softmax(logits_BTV[b, t] / T)[targets_BT[b, t]]`` (fp32)."""
-    z = logits_BTV.float() / temperature
-    picked = z.gather(-1, targets_BT.unsqueeze(-1)).squeeze(-1)
+def gather_logprobs(logits_XV: torch.Tensor, targets_X: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """The one per-token log-prob primitive: ``out[x] = log softmax(logits[x] / T)[targets[x]]``.
+
+    Row ``x`` of ``logits`` is the distribution that *produced* ``targets[x]`` (callers do the
+    shift). Computed as ``gather − logsumexp`` in fp32. Shapes: ``(..., V), (...) -> (...)``.
+    """
+    z = logits_XV.float() / temperature
+    picked = z.gather(-1, targets_X.unsqueeze(-1)).squeeze(-1)
     return picked - torch.logsumexp(z, dim=-1)
+
+
+def token_logprobs(logits_BTV: torch.Tensor, input_ids_BT: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``log p(x_t | x_<t)`` aligned with ``input_ids`` (position ``t`` is about token ``x_t``;
+    position 0, which nothing predicts, gets 0): the code base's one log-prob convention.
+
+    ``logits_BTV[:, t]`` predicts ``x_{t+1}``, so ``out[:, t] = gather_logprobs(logits[:, t−1], x_t)``.
+    Shapes: ``(B, T, V), (B, T) -> (B, T)``.
+    """
+    logp = gather_logprobs(logits_BTV[:, :-1], input_ids_BT[:, 1:], temperature)
+    return torch.nn.functional.pad(logp, (1, 0), value=0.0)
 
 
 def sequence_logprobs(
@@ -79,7 +94,7 @@ def sequence_logprobs(
         if return_logits:
             scaled = logits_BTV.float() / temperature
             return [scaled[b, : len(s) - 1] for b, s in enumerate(input_ids)]
-        logp_BT = token_logprobs(logits_BTV, ids_BL[:, 1:], temperature)
+        logp_BT = gather_logprobs(logits_BTV, ids_BL[:, 1:], temperature)
     return [logp_BT[b, : len(s) - 1] for b, s in enumerate(input_ids)]
 
 
@@ -226,7 +241,7 @@ def _rows_logprobs(model: Any, seqs: list[list[int]], temperature: float, rows: 
         logits_BUV = model(input_ids=ids_BL, attention_mask=mask_BL, use_cache=False, logits_to_keep=keep_U).logits
     except TypeError:  # a model without ``logits_to_keep``: project every row, then select
         logits_BUV = model(input_ids=ids_BL, attention_mask=mask_BL, use_cache=False).logits[:, keep_U]
-    logp_BU = token_logprobs(logits_BUV, ids_BL[:, keep_U + 1], temperature)
+    logp_BU = gather_logprobs(logits_BUV, ids_BL[:, keep_U + 1], temperature)
     full_BT = torch.full((B, L - 1), float("nan"), device=device)
     full_BT[:, keep_U] = logp_BU
     return [full_BT[b, : len(s) - 1] for b, s in enumerate(seqs)]

@@ -6,6 +6,7 @@ teacher scoring with the same bundled model as the teacher, loss, optimizer) and
 
     python bench/train_step.py                       # bundled SmolLM2-135M, LoRA and full
     python bench/train_step.py --model tiny --modes lora --out bench_train_step.json
+    python bench/train_step.py --opsd-divergence     # + OPSD divergence step, fused vs materialized
 
 Output (JSON): per mode, trained tokens, trained tokens/s over the whole step, tokens/s of the
 loss phase alone (forward + backward), and the share of the step spent in rollout, teacher
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--token-budget", type=int, default=4096)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--backend", default="auto", choices=("auto", "hf", "vllm"))
+    p.add_argument("--opsd-divergence", action="store_true",
+                   help="also run bench/opsd_divergence.py (fused vs materialized OPSD divergence step)")
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
 
@@ -82,6 +85,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes.split(","):
             result[mode] = bench_mode(mode, args, Path(tmp))
+    if args.opsd_divergence:
+        import opsd_divergence  # bench/ is on sys.path when this file runs as a script
+
+        result["opsd_divergence"] = opsd_divergence.main(["--model", args.model])
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

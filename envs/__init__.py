@@ -24,6 +24,7 @@ from envs.base import (
     InvalidOptionError,
     Privileged,
     StepOutcome,
+    Strength,
     TextEnv,
     UnknownEnvError,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "NAMESPACE",
     "SPLITS",
     "STRENGTHS",
+    "Strength",
     "EnvError",
     "EnvStateError",
     "InvalidOptionError",

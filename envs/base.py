@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import gymnasium as gym
 import numpy as np
@@ -44,6 +44,7 @@ __all__ = [
     "CHARSET",
     "SPLITS",
     "STRENGTHS",
+    "Strength",
     "EnvError",
     "EnvStateError",
     "InvalidOptionError",
@@ -66,7 +67,9 @@ CHARSET: frozenset[str] = frozenset(
 _OUTSIDE_CHARSET = re.compile("[^" + re.escape("".join(sorted(CHARSET))) + "]")
 
 SPLITS: tuple[str, ...] = ("train", "valid_seen", "valid_unseen")
-STRENGTHS: tuple[str, ...] = ("plan", "next_action", "hint", "answer", "outcome_hint")
+Strength = Literal["plan", "next_action", "hint", "answer", "outcome_hint"]
+"""How much privileged information a teacher (or sampler) sees; defined once, here."""
+STRENGTHS: tuple[str, ...] = get_args(Strength)
 _OPTION_KEYS = frozenset({"task_id", "split", "difficulty"})
 _TASK_ID_RE = re.compile(r"^(train|valid_seen|valid_unseen)-(\d+)$")
 _MAX_DRAWN_INDEX = 1_000_000

@@ -44,6 +44,7 @@ class RolloutOverrides:
     max_student_turns: int | None = None  # TCOD F2B: stop after this many student turns
     temperature: float | None = None
     group_size: int | None = None
+    record_privileged: tuple[str, ...] | None = None  # strengths stored per turn (None: the method's)
 
 
 @dataclass

@@ -53,7 +53,7 @@ from trainers.checkpoint import (
 from trainers.config import ConfigError, config_to_dict, dump_yaml
 from trainers.errors import TooManyBadStepsError
 from trainers.evaluate import evaluate_policy
-from trainers.losses import k3_kl
+from trainers.losses import kl_old_k3
 from trainers.methods import Method, get_method
 from trainers.metrics import MetricsLogger
 from trainers.plots import plot_learning_curve
@@ -117,6 +117,8 @@ def train_step(
 
     tasks = cursor.next(cfg.tasks_per_step)
     overrides = method.rollout_overrides(ctx, step, tasks)
+    if overrides.record_privileged is None:  # record only the strengths the method reads
+        overrides.record_privileged = method.privileged_strengths()
     groups = method.collect(ctx, step, tasks, overrides)
     t_rollout = time.perf_counter()
 
@@ -144,8 +146,8 @@ def train_step(
         with torch.no_grad():
             m, n = mb.loss_mask_BT, max(batch.num_tokens, 1)
             stats["entropy"] += float((fwd.entropy_BT * m).sum()) / n
-            if method.on_policy:  # k3 KL(π_old‖π_θ): sampler/trainer mismatch and drift
-                stats["kl_old"] += float((k3_kl(fwd.logp_BT, mb.old_logp_BT) * m).sum()) / n
+            if method.on_policy:  # KL(π_old‖π_θ): sampler/trainer mismatch and drift
+                stats["kl_old"] += float((kl_old_k3(fwd.logp_BT, mb.old_logp_BT) * m).sum()) / n
         del fwd, loss
     t_loss = time.perf_counter()
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from agents.scoring import token_logprobs  # the one log-prob convention, re-exported here
+from kernels.estimators import k3 as k3_kl  # the sampled-token estimators live in kernels
+
 __all__ = [
     "group_advantages",
     "masked_sum",
@@ -18,6 +21,7 @@ __all__ = [
     "clipped_surrogate",
     "aggregate",
     "k3_kl",
+    "kl_old_k3",
     "token_logprobs",
     "entropy_from_logits",
     "AGG_MODES",
@@ -116,26 +120,14 @@ def aggregate(
     raise ValueError(f"unknown aggregation mode {mode!r}; allowed: {AGG_MODES}")
 
 
-def k3_kl(logp_BT: Tensor, ref_logp_BT: Tensor) -> Tensor:
-    """Per-token k3 estimator of ``KL(π‖π_ref)`` on tokens sampled from π (Schulman 2020).
+def kl_old_k3(logp_BT: Tensor, old_logp_BT: Tensor) -> Tensor:
+    """Per-token k3 estimate of ``KL(π_old ‖ π_θ)`` on tokens sampled from ``π_old`` (no gradient).
 
-    ``k3 = exp(Δ) − Δ − 1`` with ``Δ = log π_ref(y) − log π(y)``; non-negative, unbiased, and its
-    gradient w.r.t. ``logp`` is ``1 − exp(Δ)``.
+    With ``r = π_θ(y)/π_old(y)``: ``k3 = r − 1 − log r ≥ 0``, unbiased under ``y ~ π_old``
+    (``E[r] = 1``). ``k3_kl(logp, old)`` would be the k3 of ``KL(π_θ‖π_old)``, which needs samples
+    from ``π_θ``: biased here. Shapes ``(B, T), (B, T) -> (B, T)``.
     """
-    delta_BT = ref_logp_BT.detach() - logp_BT
-    return torch.exp(delta_BT) - delta_BT - 1.0
-
-
-def token_logprobs(logits_BTV: Tensor, input_ids_BT: Tensor, temperature: float = 1.0) -> Tensor:
-    """``log p(x_t | x_<t)`` at a temperature, aligned with ``input_ids`` (position 0 gets 0).
-
-    ``logits_BTV[:, t]`` predicts ``x_{t+1}``; ``out[:, t] = log_softmax(logits[:, t−1] / τ)[x_t]``.
-    Shapes: ``(B, T, V), (B, T) -> (B, T)``. Computed as ``gather − logsumexp`` in fp32.
-    """
-    logits = logits_BTV[:, :-1].float() / temperature
-    picked = torch.gather(logits, -1, input_ids_BT[:, 1:, None]).squeeze(-1)
-    logp = picked - torch.logsumexp(logits, dim=-1)
-    return torch.nn.functional.pad(logp, (1, 0), value=0.0)
+    return k3_kl(old_logp_BT.detach(), logp_BT.detach())
 
 
 def entropy_from_logits(logits_BTV: Tensor, temperature: float = 1.0) -> Tensor:

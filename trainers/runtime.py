@@ -23,8 +23,10 @@ from agents.backends import SamplingParams
 from agents.models import load_model, tiny_model
 from agents.renderers import Renderer
 from agents.rollout import RolloutConfig, collect_groups
+from agents.scoring import gather_logprobs
 from agents.types import EpisodeGroup
 from data import Store
+from envs import STRENGTHS
 from trainers.batch import RolloutOverrides, TrainBatch, TrainContext
 from trainers.train_config import TrainConfig
 
@@ -152,6 +154,7 @@ def collect_rollouts(
         group_size=overrides.group_size or cfg.group_size, max_turns=cfg.max_turns,
         max_context_tokens=cfg.max_context_tokens, sampling=sampling,
         privileged_strength=overrides.privileged_strength,
+        record_privileged=overrides.record_privileged if overrides.record_privileged is not None else STRENGTHS,
     )
     groups = collect_groups(
         ctx.env_id, tasks, ctx.backend, ctx.renderer_factory, rollout_cfg, seed=seed,
@@ -200,11 +203,11 @@ def policy_logprobs(model: Any, mb: TrainBatch, temperature: float) -> PolicyOut
     h_BTH = out.hidden_states[-1]
     head: Any = model.get_output_embeddings()
     b_N, t_N = (mb.loss_mask_BT.to(dev) > 0).nonzero(as_tuple=True)
-    z_NV = head(h_BTH[b_N, t_N - 1]).float() / temperature
-    logp_N = z_NV.gather(-1, ids[b_N, t_N][:, None]).squeeze(-1) - torch.logsumexp(z_NV, dim=-1)
+    z_NV = head(h_BTH[b_N, t_N - 1])
+    logp_N = gather_logprobs(z_NV, ids[b_N, t_N], temperature)
     logp_BT = torch.zeros(ids.shape, dtype=logp_N.dtype, device=dev).index_put((b_N, t_N), logp_N)
     with torch.no_grad():
-        lp_NV = torch.log_softmax(z_NV.detach(), dim=-1)
+        lp_NV = torch.log_softmax(z_NV.detach().float() / temperature, dim=-1)
         ent_N = -(lp_NV.exp() * lp_NV).sum(-1)
         entropy_BT = torch.zeros_like(logp_BT).index_put((b_N, t_N), ent_N)
     return PolicyOutput(logp_BT, entropy_BT, h_BTH, head)

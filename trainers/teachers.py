@@ -8,7 +8,11 @@ One home for teacher scoring (one log-prob convention: position ``t`` is about t
 - a **privileged view** of a model (OPSD, π-Distill, TT-OPD, Skill-SD): ``TeacherView`` picks the
   weights (the current policy, the frozen initial weights = the LoRA adapter off, or an EMA copy),
   ``score_privileged`` fills the sampled-token log-probs from the privileged context, and
-  ``teacher_logits_for_batch`` / ``divergence_loss`` give the full-vocabulary divergence.
+  ``privileged_teacher_rows`` gives the full-vocabulary side of a divergence at the trained
+  positions, once per step: the teacher's last hidden states (the head applied chunk by chunk in
+  ``kernels.distill_loss``) or its top-k log-probs plus a tail bucket;
+- ``teacher_logits_for_batch`` / ``divergence_loss``: the materialized ``(N, V)`` logits path, kept
+  as the reference the fused path is tested against.
 """
 
 from __future__ import annotations
@@ -24,10 +28,10 @@ from torch import Tensor, nn
 
 import envs
 from agents.ema import EMATeacher
-from agents.scoring import score_turns
+from agents.scoring import gather_logprobs, score_turns
 from agents.types import Episode, EpisodeGroup, Turn
 from envs import STRENGTHS
-from kernels import distill_loss_from_logits
+from kernels import TeacherHidden, TeacherTopK, distill_loss, distill_loss_from_logits
 from trainers.batch import TrainBatch, TrainContext, build_batch, pad_token_id
 from trainers.config import ConfigError
 from trainers.errors import TeacherMismatchError
@@ -49,6 +53,10 @@ __all__ = [
     "logits_at",
     "teacher_logits_for_batch",
     "divergence_loss",
+    "TeacherRows",
+    "hidden_at",
+    "privileged_teacher_rows",
+    "divergence_from_rows",
 ]
 
 
@@ -326,3 +334,146 @@ def divergence_loss(
     assert isinstance(out, Tensor)  # no entropy requested: a single tensor
     return out
 
+
+# ============================================================================================
+# The full-vocabulary teacher side of a divergence, once per step (fused with the head)
+# ============================================================================================
+
+
+@dataclass
+class TeacherRows:
+    """The teacher's side of one episode's divergence at its trained tokens.
+
+    ``b``-free: ``t_N (N,)`` are row positions of the trained tokens in the episode's
+    ``full_ids`` (the student predicts ``x_t`` from hidden row ``t − 1``). The teacher is either
+    ``hidden_NH`` with its output projection ``head_VH`` (logits ``hidden @ head.T``, applied chunk
+    by chunk by ``kernels.distill_loss``), or ``topk_idx_NK`` / ``topk_logp_NK``: its top-k
+    log-probs at the divergence temperature (the rest of the vocabulary is one tail bucket).
+    """
+
+    t_N: Tensor
+    hidden_NH: Tensor | None = None
+    head_VH: Tensor | None = None
+    topk_idx_NK: Tensor | None = None
+    topk_logp_NK: Tensor | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.t_N.numel())
+
+
+def hidden_at(model: nn.Module, ids: list[int], rows: Tensor) -> Tensor:
+    """Last hidden states of ``model`` on ``ids`` at ``rows`` (row ``j`` predicts ``ids[j + 1]``).
+
+    No ``(L, V)`` logits are computed (``logits_to_keep=1``). Shapes: ``rows (R,) -> (R, H)``.
+    """
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+    with torch.no_grad():
+        out = model(input_ids=input_ids, output_hidden_states=True, logits_to_keep=1, use_cache=False)
+    return out.hidden_states[-1][0, rows.to(device)]
+
+
+def _head_weight(model: nn.Module) -> Tensor:
+    head = model.get_output_embeddings()  # type: ignore[operator]
+    if not isinstance(head, nn.Linear) or head.bias is not None:
+        raise TypeError(f"the fused divergence needs a bias-free nn.Linear output head, got "
+                        f"{type(head).__name__}; use divergence_impl=logits")
+    return head.weight
+
+
+def privileged_teacher_rows(
+    ctx: TrainContext, view: TeacherView, episodes: list[Episode], text_fn: TextFn, *,
+    temperature: float, topk: int = 0, topk_temperature: float = 1.0, chunk: int = 1024,
+) -> dict[int, TeacherRows]:
+    """One teacher forward per turn from the privileged context, for both uses of a step:
+
+    - ``turn.teacher_logprobs``: ``log π_T(y_t)`` at ``temperature`` on the trained tokens (0 on
+      tokens the renderer appended), as ``score_privileged`` gives them;
+    - the returned rows, keyed by ``id(episode)``: the teacher's last hidden states at the trained
+      tokens (``topk=0``) or its top-k log-probs at ``topk_temperature``.
+
+    The realignment is ``teacher_logits_for_batch``'s: with a block of ``n`` tokens spliced at
+    ``pos``, the student token at row ``t`` is predicted by teacher row ``t + n − 1``. Turns whose
+    text is empty while the teacher is the current policy are not run (their terms are exactly 0;
+    their teacher log-probs are the sampler's).
+    """
+    head_VH = _head_weight(view.model).detach()
+    rows: dict[int, TeacherRows] = {}
+    with _adapter_disabled(view.model, view.disable_adapter):
+        for episode in episodes:
+            t_list: list[int] = []
+            parts: list[Tensor] = []
+            for turn in episode.turns:
+                text = text_fn(episode, turn)
+                if view.is_student and not text:
+                    turn.teacher_logprobs = [lp if m else 0.0
+                                             for lp, m in zip(turn.sampler_logprobs, turn.loss_mask)]
+                    continue
+                start = len(turn.prompt_ids)
+                js = [j for j, m in enumerate(turn.loss_mask) if m]
+                logprobs = [0.0] * len(turn.completion_ids)
+                if js:
+                    renderer = renderer_for(ctx, episode.task_id)
+                    ids, _, n = renderer.teacher_ids(list(turn.prompt_ids) + list(turn.completion_ids), text)
+                    keep = torch.tensor([start + j + n - 1 for j in js], dtype=torch.long)
+                    h_RH = hidden_at(view.model, ids, keep)
+                    targets = torch.tensor([turn.completion_ids[j] for j in js], device=h_RH.device)
+                    for lo in range(0, len(js), chunk):
+                        lp_C = gather_logprobs(h_RH[lo:lo + chunk] @ head_VH.t(), targets[lo:lo + chunk],
+                                               temperature)
+                        for j, v in zip(js[lo:lo + chunk], lp_C.tolist()):
+                            logprobs[j] = v
+                    t_list += [start + j for j in js]
+                    parts.append(h_RH)
+                turn.teacher_logprobs = logprobs
+            if not t_list:
+                continue
+            h_NH = torch.cat(parts, 0)
+            entry = TeacherRows(t_N=torch.tensor(t_list, dtype=torch.long))
+            if topk:
+                k = min(topk, head_VH.shape[0])
+                idx, lps = [], []
+                for lo in range(0, h_NH.shape[0], chunk):
+                    lp_CV = torch.log_softmax((h_NH[lo:lo + chunk] @ head_VH.t()).float() / topk_temperature, -1)
+                    v, i = lp_CV.topk(k, dim=-1)
+                    idx.append(i)
+                    lps.append(v)
+                entry.topk_idx_NK, entry.topk_logp_NK = torch.cat(idx), torch.cat(lps)
+            else:
+                entry.hidden_NH, entry.head_VH = h_NH, head_VH
+            rows[id(episode)] = entry
+    return rows
+
+
+def divergence_from_rows(
+    rows: dict[int, TeacherRows], episodes: list[Episode], student_hidden_BTH: Tensor,
+    student_head_VH: Tensor, shape_BT: tuple[int, ...] | torch.Size, *, beta: float, temperature: float,
+) -> Tensor:
+    """Per-token ``JSD_β(π_T ‖ π_S)`` at the trained tokens of a micro-batch, fused with the head.
+
+    ``episodes[b]`` is row ``b`` of ``student_hidden_BTH (B, T, H)``; the student's logits at token
+    ``t`` are ``h_{b, t−1} @ W.T`` and are only ever formed one chunk at a time inside
+    ``kernels.distill_loss`` (Triton on CUDA). Returns ``div_BT`` (0 where no teacher row exists),
+    differentiable w.r.t. the hidden states and the head.
+    """
+    dev = student_hidden_BTH.device
+    found = [(b, rows[id(ep)]) for b, ep in enumerate(episodes) if id(ep) in rows]
+    div_BT = torch.zeros(tuple(shape_BT), device=dev)
+    if not found:
+        return div_BT + 0.0 * student_hidden_BTH.sum()  # keep the graph: an exact zero loss
+    b_N = torch.cat([torch.full((r.num_tokens,), b, dtype=torch.long) for b, r in found]).to(dev)
+    t_N = torch.cat([r.t_N for _, r in found]).to(dev)
+    first = found[0][1]
+    teacher: Any
+    if first.topk_idx_NK is not None:
+        teacher = TeacherTopK(indices=torch.cat([r.topk_idx_NK for _, r in found]).to(dev),  # type: ignore[misc]
+                              logprobs=torch.cat([r.topk_logp_NK for _, r in found]).to(dev))  # type: ignore[misc]
+    else:
+        assert first.head_VH is not None
+        teacher = TeacherHidden(hidden=torch.cat([r.hidden_NH for _, r in found]).to(dev),  # type: ignore[misc]
+                                head=first.head_VH.to(dev))
+    per_tok = distill_loss(student_hidden_BTH[b_N, t_N - 1], student_head_VH, teacher, kind="jsd",
+                           beta=beta, temperature=temperature, reduction="none")
+    assert isinstance(per_tok, Tensor)
+    return div_BT.index_put((b_N, t_N), per_tok.float())

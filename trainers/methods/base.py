@@ -108,6 +108,11 @@ class Method:
     def setup(self, ctx: TrainContext) -> None:
         """Build teacher / EMA / skill bank. Default: nothing."""
 
+    def privileged_strengths(self) -> tuple[str, ...]:
+        """The privileged strengths (``envs.STRENGTHS``) whose text the rollout must record on every
+        turn for this method's teacher (``turn.info["privileged"]``). Default: none."""
+        return ()
+
     def rollout_overrides(self, ctx: TrainContext, step: int, tasks: list[str]) -> RolloutOverrides:
         """Per-step rollout changes. Default: none."""
         return RolloutOverrides()

@@ -47,9 +47,12 @@ from trainers.methods.base import (
 from trainers.runtime import PolicyOutput
 from trainers.teachers import (
     PRIVILEGED_STRENGTHS,
+    TeacherRows,
     TeacherView,
     build_teacher_view,
+    divergence_from_rows,
     divergence_loss,
+    privileged_teacher_rows,
     score_privileged,
     teacher_logits_for_batch,
     turn_privileged_text,
@@ -118,6 +121,11 @@ class OPSDConfig(TrainConfig):
     distill_temperature: float = _f(1.1, "temperature of both logit rows in the divergence")
     distill_coef: float = _f(1.0, "weight of the divergence term")
     grpo_coef: float = _f(1.0, "weight of the GRPO surrogate in divergence mode (0: pure distillation)")
+    divergence_impl: str = _f(
+        "fused", "divergence path: fused with the head (kernels.distill_loss, chunked) or "
+        "materialized (B, T, V) logits", ("fused", "logits"))
+    teacher_topk: int = _f(0, "fused divergence: the teacher as top-k log-probs + a tail bucket "
+                              "(0: the full vocabulary, from its hidden states and head)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -129,6 +137,8 @@ class OPSDConfig(TrainConfig):
             raise ConfigError(f"distill_temperature={self.distill_temperature} must be > 0")
         if self.opsd_beta < 0 or self.distill_coef < 0 or self.grpo_coef < 0:
             raise ConfigError("opsd_beta, distill_coef and grpo_coef must be >= 0")
+        if self.teacher_topk < 0:
+            raise ConfigError(f"teacher_topk={self.teacher_topk} must be >= 0 (0: full vocabulary)")
 
 
 @register_method("opsd")
@@ -141,6 +151,10 @@ class OPSD(Method):
     def setup(self, ctx: TrainContext) -> None:
         cfg: OPSDConfig = self.cfg  # type: ignore[assignment]
         self.view = build_teacher_view(ctx, cfg.self_teacher, cfg.ema_decay)
+        self.rows: dict[int, TeacherRows] = {}  # this step's teacher side (fused divergence)
+
+    def privileged_strengths(self) -> tuple[str, ...]:
+        return (self.cfg.privileged,)  # type: ignore[attr-defined]
 
     def text(self, episode: Episode, turn: Turn) -> str:
         """Privileged text of a turn: what the rollout recorded at the configured strength."""
@@ -160,8 +174,15 @@ class OPSD(Method):
         return adv_B[:, None] * batch.loss_mask_BT
 
     def score(self, ctx: TrainContext, groups: list[EpisodeGroup]) -> None:
+        cfg: OPSDConfig = self.cfg  # type: ignore[assignment]
         episodes = [ep for g in groups for ep in g.episodes if ep.turns]
-        score_privileged(ctx, self.view, episodes, self.text, self.cfg.temperature)
+        if cfg.opsd_mode == "divergence" and cfg.divergence_impl == "fused":
+            # the teacher's one forward of the step: sampled-token log-probs and divergence rows
+            self.rows = privileged_teacher_rows(
+                ctx, self.view, episodes, self.text, temperature=cfg.temperature,
+                topk=cfg.teacher_topk, topk_temperature=cfg.distill_temperature)
+        else:
+            score_privileged(ctx, self.view, episodes, self.text, cfg.temperature)
 
     def loss(
         self, ctx: TrainContext, batch: TrainBatch, logp_BT: Tensor, fwd: PolicyOutput
@@ -170,14 +191,31 @@ class OPSD(Method):
         if cfg.opsd_mode == "shaping":
             return policy_loss(cfg, batch, logp_BT)
         pg, stats = policy_loss(cfg, batch, logp_BT)
-        div = self.divergence(ctx, batch, fwd.logits_BTV)
+        if cfg.divergence_impl == "fused":
+            div = self.fused_divergence(batch, fwd)
+        else:
+            div = self.divergence(ctx, batch, fwd.logits_BTV)
         stats["distill_loss"] = float(div.item())
         return cfg.grpo_coef * pg + cfg.distill_coef * div, stats
+
+    def fused_divergence(self, batch: TrainBatch, fwd: PolicyOutput) -> Tensor:
+        """``agg_t JSD_β(π_T(·|x,I) ‖ π_S(·|x))`` through ``kernels.distill_loss``: the student's
+        hidden states × head, chunked (no ``(N, V)`` student logits beyond one chunk), against the
+        teacher rows ``score`` computed (hidden states + head, or top-k + tail)."""
+        cfg: OPSDConfig = self.cfg  # type: ignore[assignment]
+        h_BTH = fwd.hidden_BTH
+        div_BT = divergence_from_rows(
+            self.rows, batch.episodes, h_BTH, fwd.head.weight, batch.loss_mask_BT.shape,
+            beta=cfg.jsd_beta, temperature=cfg.distill_temperature)
+        return aggregate(div_BT, batch.loss_mask_BT.to(div_BT.device), cfg.loss_agg,
+                         num_tokens=batch.num_tokens, num_seqs=batch.num_seqs)
 
     def divergence(
         self, ctx: TrainContext, batch: TrainBatch, logits_fn: Callable[[], Tensor]
     ) -> Tensor:
-        """``agg_t JSD_β(π_T(·|x,I) ‖ π_S(·|x))`` over the micro-batch's trained tokens."""
+        """``agg_t JSD_β(π_T(·|x,I) ‖ π_S(·|x))`` over the micro-batch's trained tokens, from the
+        materialized ``(B, T, V)`` student logits and the teacher's ``(N, V)`` logits (the reference
+        of the fused path, ``divergence_impl=logits``)."""
         cfg: OPSDConfig = self.cfg  # type: ignore[assignment]
         b_N, t_N, teacher_NV = teacher_logits_for_batch(ctx, self.view, batch, self.text)
         logits_BTV = logits_fn()

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from agents.renderers import strip_span
+from agents.scoring import gather_logprobs
 from agents.types import Episode, EpisodeGroup
 from trainers.config import ConfigError
 from trainers.config import config_field as _f
@@ -141,9 +142,8 @@ def student_view_logprobs(
         if not t_idx.numel():
             continue
         ids, _, n = student_view_ids(episode)
-        z_RV = logits_at(model, ids, t_idx - n - 1, with_grad=with_grad).float() / temperature
-        targets = torch.tensor(ids, device=device)[t_idx - n]
-        lp_R = z_RV.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(z_RV, dim=-1)
+        z_RV = logits_at(model, ids, t_idx - n - 1, with_grad=with_grad)
+        lp_R = gather_logprobs(z_RV, torch.tensor(ids, device=device)[t_idx - n], temperature)
         out_BT = out_BT.index_put((torch.full_like(t_idx, b), t_idx), lp_R)
     return out_BT
 

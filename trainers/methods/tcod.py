@@ -166,6 +166,8 @@ class TCODConfig(OPDConfig):
     (``opd`` — the paper — or ``grpo``); ``teacher`` is required only when the base needs one."""
 
     method: str = _f("tcod", "training method (set by the CLI sub-command)")
+    dual_clip: float = _f(3.0, "dual-clip constant c > 1 for negative advantages (3 in TCOD's "
+                               "released code; 0 = off)")
 
     curriculum: str = _f("b2f", "which curriculum", ("b2f", "f2b", "none"))
     curriculum_k: int = _f(5, "k: the window moves by one turn every k steps")
@@ -219,6 +221,9 @@ class TCOD(Method):
                     ctx.env_id, task, env_kwargs=self.cfg.env_kwargs,
                     max_steps=self.tcfg.expert_max_steps)
         return {t: len(self.expert[t]) for t in tasks}
+
+    def privileged_strengths(self) -> tuple[str, ...]:
+        return self.base.privileged_strengths()
 
     def rollout_overrides(self, ctx: TrainContext, step: int, tasks: list[str]) -> RolloutOverrides:
         cfg = self.tcfg
