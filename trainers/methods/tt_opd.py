@@ -8,7 +8,9 @@ hint's tokens out so positions align with the student's. Hints are switchable (`
 
 Per token ``d_t = log π_S(y_t) − log π_T(y_t)`` on the assistant tokens of the first ``K`` turns
 (``K=0``: all turns); *bidirectional*: the sign of ``d_t`` is flipped for episodes with negative
-``A_GRPO`` (the student is pushed toward the teacher on good episodes and away on bad ones).
+``A_GRPO`` (the student is pushed toward the teacher on good episodes and away on bad ones), but
+only where the teacher had no outcome hint: a corrective hint already points the teacher away
+from the failed tokens, and flipping as well would reverse that (algorithms.md §5).
 ``−d_t`` (detached) is the advantage of a second clipped surrogate:
 
     L = L_GRPO + λ·L_distill + kl_coef·KL(π_S ‖ π_ref)      (λ=4.0, kl_coef 0.01 in the paper)
@@ -75,15 +77,21 @@ def tt_opd_advantages(
     mask_BT: Tensor,
     max_turns: int = 0,
     bidirectional: bool = True,
+    hinted_B: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Token advantages of TT-OPD's distillation surrogate.
 
     ``d_t = log π_S(y_t) − log π_T(y_t)`` (both sanitized, detached),
     ``m'_t = m_t·[turn_t < K]`` (``K = max_turns``; 0 keeps every turn),
-    ``s_i = −1 if A_GRPO,i < 0 and bidirectional else +1``,
+    ``s_i = −1 if A_GRPO,i < 0 and bidirectional and not hinted_i else +1``,
     ``a_t = −s_i·d_t·m'_t``.
 
-    Shapes: ``(B, T), (B, T), (B,), (B, T) int, (B, T) -> (adv_BT (B, T), dmask_BT (B, T))``;
+    The flip is for a teacher *without* an outcome hint (algorithms.md §5): a lost episode's
+    corrective hint already makes the teacher rate the failed tokens lower (``d_t > 0``), so
+    ``−d_t`` already pushes them down, and flipping it too would push them up. ``hinted_B`` (bool)
+    marks the episodes whose teacher saw a hint; they are never flipped.
+
+    Shapes: ``(B, T), (B, T), (B,), (B, T) int, (B, T), (B,) -> (adv_BT (B, T), dmask_BT (B, T))``;
     ``dmask_BT = m'`` (the tokens the distillation term covers, for mean ``|d|``).
     """
     d_BT = sanitize_logprobs(student_logp_BT.detach()) - sanitize_logprobs(teacher_logp_BT.detach())
@@ -92,7 +100,10 @@ def tt_opd_advantages(
         dmask_BT = dmask_BT * (turn_BT < max_turns).float()
     sign_B = torch.ones_like(adv_B, dtype=torch.float32)
     if bidirectional:
-        sign_B = torch.where(adv_B < 0, -sign_B, sign_B)
+        flip_B = adv_B < 0
+        if hinted_B is not None:
+            flip_B = flip_B & ~hinted_B.to(device=adv_B.device, dtype=torch.bool)
+        sign_B = torch.where(flip_B, -sign_B, sign_B)
     return -sign_B[:, None] * d_BT * dmask_BT, dmask_BT
 
 
@@ -195,6 +206,9 @@ class TTOPD(Method):
         self.view = build_teacher_view(ctx, "ema", self.cfg.ema_decay)  # type: ignore[attr-defined]
         self._hints: dict[int, str] = {}
 
+    def privileged_strengths(self) -> tuple[str, ...]:
+        return ("hint", "outcome_hint") if self.cfg.hints else ()  # type: ignore[attr-defined]
+
     def text(self, episode: Episode, turn: Turn) -> str:
         """The episode's outcome hint in every turn's teacher context ("" when hints are off)."""
         if not self.cfg.hints:  # type: ignore[attr-defined]
@@ -203,6 +217,11 @@ class TTOPD(Method):
         if key not in self._hints:
             self._hints[key] = outcome_hint_text(episode)
         return self._hints[key]
+
+    def hinted(self, batch: TrainBatch) -> Tensor:
+        """``(B,)`` bool: the rows whose teacher context held an outcome hint (never flipped)."""
+        return torch.tensor([bool(ep.turns) and bool(self.text(ep, ep.turns[0])) for ep in batch.episodes],
+                            dtype=torch.bool)
 
     def score(self, ctx: TrainContext, groups: list[EpisodeGroup]) -> None:
         self._hints = {}
@@ -229,7 +248,7 @@ class TTOPD(Method):
         assert batch.teacher_logp_BT is not None
         a_BT, dmask_BT = tt_opd_advantages(batch.old_logp_BT, batch.teacher_logp_BT, batch.adv_B,
                                            batch.turn_BT, batch.loss_mask_BT, cfg.tt_turns,
-                                           cfg.bidirectional)
+                                           cfg.bidirectional, self.hinted(batch))
         mean_abs_d = float(masked_mean(a_BT.abs(), dmask_BT).item())
         stats["mean_abs_d"] = mean_abs_d
         stats["distill_tokens"] = float(dmask_BT.sum().item())
@@ -249,7 +268,7 @@ class TTOPD(Method):
         assert batch.teacher_logp_BT is not None
         a_BT, dmask_BT = tt_opd_advantages(batch.old_logp_BT, batch.teacher_logp_BT, batch.adv_B,
                                            batch.turn_BT, batch.loss_mask_BT, cfg.tt_turns,
-                                           cfg.bidirectional)
+                                           cfg.bidirectional, self.hinted(batch))
         d_BT, _ = clipped_surrogate(logp_BT, batch.old_logp_BT, a_BT,
                                     clip_low=cfg.clip_low, clip_high=cfg.clip_high)
         distill = aggregate(d_BT * dmask_BT, batch.loss_mask_BT, cfg.loss_agg,
@@ -259,7 +278,9 @@ class TTOPD(Method):
 
     def after_step(self, ctx: TrainContext, step: int, groups: list[EpisodeGroup]) -> None:
         cfg: TTOPDConfig = self.cfg  # type: ignore[assignment]
-        kind = teacher_update_kind(step + 1, cfg.ema_interval, cfg.hard_copy_every)
+        # the schedule counts optimizer steps (ctx.policy_version), not loop steps: a step dropped
+        # for NaN/inf neither updates the teacher nor makes a later step miss its update
+        kind = teacher_update_kind(ctx.policy_version, cfg.ema_interval, cfg.hard_copy_every)
         if kind == "hard":
             self.view.ema.hard_copy(ctx.model)
         elif kind == "ema":
