@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from subproc import ROOT, child_env
 
 
@@ -37,3 +38,46 @@ def test_entry_point_envs_are_visible_to_plain_gymnasium_make(tmp_path) -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                          env=child_env(PYTHONPATH=f"{ROOT}:{tmp_path}"), timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_missing_or_unknown_tracker_is_one_line_error_before_training() -> None:
+    import accelerate.utils
+
+    from trainers.metrics import TRACKERS
+
+    missing = next((n for n in TRACKERS if not getattr(accelerate.utils, f"is_{n}_available")()), None)
+    cases = [("report_to=nosuch", "error: report_to: unknown tracker 'nosuch'")]
+    if missing is not None:
+        cases.append((f"report_to=tensorboard,{missing}", f"error: report_to: tracker {missing!r} is "
+                      f"requested but its package cannot be imported (pip install {TRACKERS[missing]})"))
+    for arg, line in cases:
+        res = subprocess.run([sys.executable, "-m", "trainers", "grpo", arg, "model=tiny"],
+                             capture_output=True, text=True, cwd=ROOT, env=child_env(), timeout=120)
+        assert res.returncode == 2 and res.stderr.strip().startswith(line), (arg, res.stderr)
+        assert len(res.stderr.strip().splitlines()) == 1 and "loading" not in res.stdout.lower()
+
+
+def test_tensorboard_tracker_writes_events_that_read_back(tmp_path) -> None:
+    """A real 2-step SFT run with ``report_to=tensorboard``: accelerate's tracker writes event files
+    under ``<run_dir>/tensorboard/<project>``; TensorBoard's reader gets every step's metrics back."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from trainers.config import parse_config
+    from trainers.loop import train
+    from trainers.methods import get_method
+    from trainers.metrics import read_csv
+
+    cfg = parse_config(get_method("sft").config_cls, [
+        "model=tiny", "steps=2", "tasks_per_step=1", "max_turns=2", "max_new_tokens=6",
+        "max_context_tokens=1024", "token_budget=2048", "progress=false", "method=sft",
+        "run_name=tb", f"output_dir={tmp_path}", "report_to=tensorboard", "tracker_project=proj"])
+    result = train(cfg)
+    logdir = result.run_dir / "tensorboard" / "proj"
+    assert list(logdir.glob("events.out.tfevents.*")), sorted(p.name for p in logdir.rglob("*"))
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    rows = read_csv(result.run_dir / "metrics.csv")
+    for key in ("loss", "nll", "tokens_per_s", "success_rate"):
+        events = acc.Scalars(key)
+        assert [e.step for e in events] == [0, 1], key
+        assert [e.value for e in events] == pytest.approx([r[key] for r in rows], rel=1e-6), key

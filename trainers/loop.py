@@ -240,6 +240,7 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
         state = TrainerState()
         logger = MetricsLogger(run_dir / "metrics.csv", store=store, run_id=run_id,
                                tensorboard=cfg.log_tensorboard, wandb=cfg.log_wandb,
+                               report_to=cfg.report_to, project=cfg.tracker_project,
                                run_name=run_name, config=config_to_dict(cfg))
 
         if cfg.resume:

@@ -88,8 +88,11 @@ class TrainConfig:
     eval_split: str = _f("valid_seen", "split for evaluation", ("train", "valid_seen", "valid_unseen"))
     eval_episodes: int = _f(8, "episodes per evaluation")
     eval_greedy: bool = _f(True, "greedy decoding in evaluation")
-    log_tensorboard: bool = _f(False, "also log to TensorBoard (if installed)")
-    log_wandb: bool = _f(False, "also log to Weights & Biases (if installed)")
+    log_tensorboard: bool = _f(False, "also log to TensorBoard (same as report_to=tensorboard)")
+    log_wandb: bool = _f(False, "also log to Weights & Biases (same as report_to=wandb)")
+    report_to: str = _f("", "experiment trackers, comma-separated: tensorboard, wandb, trackio, "
+                            "mlflow, comet_ml, aim, clearml, dvclive, swanlab ('' = none)")
+    tracker_project: str = _f("distillgym", "project name the trackers log under")
 
     def __post_init__(self) -> None:
         positive = ("steps", "tasks_per_step", "group_size", "max_turns", "max_new_tokens",
@@ -122,3 +125,7 @@ class TrainConfig:
             raise ConfigError("max_bad_steps, checkpoint_every and eval_every must be >= 0")
         if not isinstance(self.env_kwargs, dict):
             raise ConfigError(f"env_kwargs must be a mapping, got {self.env_kwargs!r}")
+        if self.report_to or self.log_tensorboard or self.log_wandb:  # a missing package: now
+            from trainers.metrics import parse_trackers
+
+            parse_trackers(self.report_to, tensorboard=self.log_tensorboard, wandb=self.log_wandb)
