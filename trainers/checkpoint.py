@@ -72,9 +72,11 @@ def save_policy(model: Any, tokenizer: Any, directory: Path, base_model: str) ->
     """``save_pretrained`` of the policy (adapter or full) + tokenizer, loadable by ``load_model``."""
     directory.mkdir(parents=True, exist_ok=True)
     peft_config = getattr(model, "peft_config", None)
-    if peft_config:  # record the bundled name / path the adapter applies to
+    if peft_config:  # the base as plain peft/transformers can load it (not a DistillGym name)
+        from agents.models import portable_model_ref
+
         for cfg in peft_config.values():
-            cfg.base_model_name_or_path = base_model
+            cfg.base_model_name_or_path = portable_model_ref(base_model)
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
 
