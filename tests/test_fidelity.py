@@ -4,7 +4,6 @@ optimizer steps (a step dropped for NaN neither updates the teacher nor costs a 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import torch
@@ -66,27 +65,36 @@ def test_kl_old_is_an_unbiased_estimate_of_kl_old_to_theta():
     assert abs(old_direction - exact) > 0.5 * exact  # biased under π_old samples
 
 
-def test_tt_opd_schedule_counts_optimizer_steps_not_loop_steps(tiny):
-    """Loop steps 0 and 1 ran, step 1 was dropped for NaN (no after_step), step 2 is the second
-    optimizer step: with ema_interval=2 it updates the teacher; counting loop steps (step + 1 = 3)
-    lost that update."""
-    from trainers.batch import TrainContext
+def test_tt_opd_schedule_counts_optimizer_steps_not_loop_steps(tmp_path):
+    """A real loop: loop step 1's loss is NaN (dropped), so loop step 2 is optimizer step 2, which
+    with ema_interval=2 updates the EMA teacher. Counting loop steps (step + 1 = 3 there) lost that
+    update: the teacher then never moved in 3 steps."""
+    from trainers.config import parse_config
+    from trainers.loop import train
+    from trainers.methods import METHODS, register_method
     from trainers.methods.tt_opd import TTOPD, TTOPDConfig
 
-    student = copy.deepcopy(tiny[0])
-    cfg = TTOPDConfig(model="tiny", ema_interval=2, hard_copy_every=0, ema_decay=0.5)
-    ctx = TrainContext(cfg=cfg, model=student, tokenizer=tiny[1], backend=None,
-                       renderer_factory=lambda env, info: None)
-    method = TTOPD(cfg)
-    method.setup(ctx)
-    teacher = method.view.model
-    before = [p.detach().clone() for p in teacher.parameters()]
-    with torch.no_grad():
-        for p in student.parameters():
-            p.add_(0.1)
-    ctx.policy_version = 1  # after loop step 0
-    method.after_step(ctx, 0, [])
-    assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
-    ctx.policy_version = 2  # loop step 1 was skipped; loop step 2 is optimizer step 2
-    method.after_step(ctx, 2, [])
-    assert any(not torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
+    seen: list[TTOPD] = []
+
+    @register_method("tt-opd-nan-once")
+    class NaNOnce(TTOPD):
+        def rollout_overrides(self, ctx, step, tasks):
+            self.loop_step = step
+            seen.append(self)
+            return super().rollout_overrides(ctx, step, tasks)
+
+        def loss(self, ctx, batch, logp_BT, fwd):
+            loss, stats = super().loss(ctx, batch, logp_BT, fwd)
+            return (loss * float("nan") if self.loop_step == 1 else loss), stats
+
+    try:
+        cfg = parse_config(TTOPDConfig, [
+            "model=tiny", "steps=3", "tasks_per_step=1", "group_size=2", "max_turns=1",
+            "max_new_tokens=4", "max_context_tokens=1024", "token_budget=2048", "progress=false",
+            "checkpoint_every=0", "ema_interval=2", "hard_copy_every=0", "max_bad_steps=3",
+            f"output_dir={tmp_path}", "run_name=nan-once", "method=tt-opd-nan-once"])
+        result = train(cfg)
+    finally:
+        METHODS.pop("tt-opd-nan-once", None)
+    assert [row["skipped"] for row in result.metrics] == [0.0, 1.0, 0.0]
+    assert seen[-1].view.ema.updates == 1

@@ -167,7 +167,7 @@ def train_step(
         state.policy_version += 1
         ctx.policy_version = state.policy_version
         ctx.backend.update_weights(ctx.model, state.policy_version)
-        method.after_step(ctx, step, groups)
+        method.after_step(ctx, state.policy_version - 1, groups)  # optimizer steps, not loop steps
     t_end = time.perf_counter()
 
     episodes = [ep for g in groups for ep in g.episodes]

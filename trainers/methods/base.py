@@ -152,7 +152,12 @@ class Method:
         return policy_loss(self.cfg, batch, logp_BT)
 
     def after_step(self, ctx: TrainContext, step: int, groups: list[EpisodeGroup]) -> None:
-        """After the optimizer step and weight sync (EMA, skill bank...). Default: nothing."""
+        """After the optimizer step and weight sync (EMA, skill bank...). Default: nothing.
+
+        ``step`` is the 0-based index of the optimizer step just taken: it counts only steps that
+        updated the weights (a step dropped for a NaN/inf loss or gradient is not called and not
+        counted), so schedules keyed on it never lose an update to a dropped step.
+        """
 
     # --- checkpointing of method state -----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -202,9 +202,12 @@ class TTOPD(Method):
     config_cls = TTOPDConfig
     description = "TT-OPD: EMA self-teacher with outcome hints, first-K-turn bidirectional distillation"
 
+    def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__(cfg)
+        self._hints: dict[int, str] = {}
+
     def setup(self, ctx: TrainContext) -> None:
         self.view = build_teacher_view(ctx, "ema", self.cfg.ema_decay)  # type: ignore[attr-defined]
-        self._hints: dict[int, str] = {}
 
     def privileged_strengths(self) -> tuple[str, ...]:
         return ("hint", "outcome_hint") if self.cfg.hints else ()  # type: ignore[attr-defined]
@@ -278,9 +281,9 @@ class TTOPD(Method):
 
     def after_step(self, ctx: TrainContext, step: int, groups: list[EpisodeGroup]) -> None:
         cfg: TTOPDConfig = self.cfg  # type: ignore[assignment]
-        # the schedule counts optimizer steps (ctx.policy_version), not loop steps: a step dropped
-        # for NaN/inf neither updates the teacher nor makes a later step miss its update
-        kind = teacher_update_kind(ctx.policy_version, cfg.ema_interval, cfg.hard_copy_every)
+        # ``step`` counts optimizer steps (the loop's contract), so a step dropped for NaN/inf
+        # neither updates the teacher nor makes a later step miss its scheduled update
+        kind = teacher_update_kind(step + 1, cfg.ema_interval, cfg.hard_copy_every)
         if kind == "hard":
             self.view.ema.hard_copy(ctx.model)
         elif kind == "ema":
