@@ -21,6 +21,7 @@ from agents.rollout import RolloutConfig, collect_groups
 from agents.types import Episode
 from trainers.config import config_to_dict
 from trainers.runtime import load_any_model, open_store, renderer_factory
+from trainers.stats import wilson_interval
 from trainers.train_config import DEFAULT_ENV, DEFAULT_MODEL
 
 __all__ = ["EvalConfig", "EvalReport", "evaluate_policy", "evaluate_checkpoint"]
@@ -59,17 +60,30 @@ class EvalReport:
     mean_turns: float
     by_task_type: dict[str, tuple[int, float]]  # task type -> (episodes, success rate)
 
+    @property
+    def successes(self) -> int:
+        return sum(int(bool(e.won)) for e in self.episodes)
+
+    @property
+    def success_ci(self) -> tuple[float, float]:
+        """95% Wilson interval of the success rate over the episodes played."""
+        return wilson_interval(self.successes, len(self.episodes))
+
     def flat(self) -> dict[str, float]:
-        out = {"success_rate": self.success_rate, "reward": self.mean_reward, "turns": self.mean_turns,
+        lo, hi = self.success_ci
+        out = {"success_rate": self.success_rate, "success_ci_low": lo, "success_ci_high": hi,
+               "reward": self.mean_reward, "turns": self.mean_turns,
                "episodes": float(len(self.episodes))}
         out.update({f"success/{t}": rate for t, (_, rate) in self.by_task_type.items()})
         return out
 
     def table(self) -> str:
-        lines = [f"split {self.split}: success {self.success_rate:.3f} over {len(self.episodes)} "
-                 f"episodes (reward {self.mean_reward:.3f}, turns {self.mean_turns:.1f})"]
+        lo, hi = self.success_ci
+        lines = [f"split {self.split}: success {self.success_rate:.3f} [95% CI {lo:.3f}, {hi:.3f}] over "
+                 f"{len(self.episodes)} episodes (reward {self.mean_reward:.3f}, turns {self.mean_turns:.1f})"]
         for t, (n, rate) in sorted(self.by_task_type.items()):
-            lines.append(f"  {t:<36} {rate:.3f}  (n={n})")
+            t_lo, t_hi = wilson_interval(round(rate * n), n)
+            lines.append(f"  {t:<36} {rate:.3f}  [{t_lo:.3f}, {t_hi:.3f}]  (n={n})")
         return "\n".join(lines)
 
 
