@@ -242,6 +242,8 @@ class Store:
                     self._url, read_only=True, write_mode=False, immutable=True
                 )
                 return self._open_schema()
+            if self._path is None and isinstance(exc, OperationalError):  # a server, not a file
+                raise StoreError(f"cannot reach {self._display}: {_reason(exc)}") from exc
             raise CorruptDatabase(
                 f"{self._display} is not a readable database: {_reason(exc)}"
             ) from exc

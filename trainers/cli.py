@@ -9,7 +9,9 @@ Examples::
     python -m trainers eval --env DistillGym/Household-v0 --model runs/sft-quick/final --greedy
 
 A bad value, an unknown key, method or env, or an incompatible teacher prints one line starting
-with ``error:`` and exits with status 2 (program errors keep their traceback).
+with ``error:`` and exits with status 2 (program errors keep their traceback). Everything that can
+be checked without a model (env arguments, splits, model and teacher paths, the store, the run
+name and resume) is checked first, by ``trainers.validate.validate_before_load``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from trainers.config import ConfigError, config_help, parse_config
+from trainers.validate import validate_before_load
 
 __all__ = ["main"]
 
@@ -42,10 +45,19 @@ def _methods_help() -> str:
 def _late_user_errors() -> tuple[type[BaseException], ...]:
     """Errors of the env/model layers that mean 'fix your command' (imported only when raised)."""
     from agents.models import ModelLoadError
-    from data.errors import RunExistsError, RunNotFound
-    from envs import UnknownEnvError
+    from data.errors import (
+        CorruptDatabase,
+        ReadOnlyStore,
+        RunExistsError,
+        RunNotFound,
+        SchemaOutdated,
+        SchemaTooNew,
+        StoreBusy,
+    )
+    from envs import InvalidOptionError, UnknownEnvError
 
-    return (UnknownEnvError, ModelLoadError, RunExistsError, RunNotFound)
+    return (UnknownEnvError, InvalidOptionError, ModelLoadError, RunExistsError, RunNotFound,
+            CorruptDatabase, ReadOnlyStore, SchemaOutdated, SchemaTooNew, StoreBusy)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,7 +87,9 @@ def _run(command: str, rest: list[str]) -> int:
         if "--help" in rest or "-h" in rest:
             print(f"usage: python -m trainers eval [options]\n\n{config_help(EvalConfig)}")
             return 0
-        report = evaluate_checkpoint(parse_config(EvalConfig, rest))
+        eval_cfg = parse_config(EvalConfig, rest)
+        validate_before_load(eval_cfg)
+        report = evaluate_checkpoint(eval_cfg)
         print(report.table())
         return 0
 
@@ -87,6 +101,7 @@ def _run(command: str, rest: list[str]) -> int:
               f"{config_help(method.config_cls)}")
         return 0
     cfg = parse_config(method.config_cls, [*rest, f"method={command}"])
+    validate_before_load(cfg)  # env, splits, paths, store and run: before any model loads
     from trainers.loop import train
 
     result = train(cfg)

@@ -11,11 +11,16 @@ A config is a plain (flat) dataclass. Allowed values and help text live in field
 defaults < YAML file < command line, coerces every value to the field's annotated type and raises
 ``ConfigError`` naming the bad field and what it accepts. ``dump_yaml`` writes the resolved config,
 which ``load_yaml`` reads back to an equal object (the run's config is saved this way).
+
+Every number given (file or command line) must be finite, and at least 0 unless its field's
+metadata says ``signed=True``: DistillGym's numeric settings are counts, rates, coefficients and
+seeds, so ``lr=nan``, ``temperature=inf`` or ``steps=-1`` are refused here, at parse time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -143,6 +148,20 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     raise ConfigError(f"{name}: unsupported config type {_type_name(tp)}")
 
 
+def _check_number(name: str, value: Any, f: dataclasses.Field) -> None:
+    """Finite, and >= 0 unless the field is ``signed`` (also inside lists: ``[1, nan]``)."""
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_number(f"{name}[{i}]", v, f)
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name}: must be a finite number, got {value!r}")
+    if value < 0 and not f.metadata.get("signed", False):
+        raise ConfigError(f"{name}: must be >= 0, got {value!r}")
+
+
 def _check_choices(name: str, value: Any, f: dataclasses.Field) -> None:
     choices = f.metadata.get("choices")
     if choices is not None and value is not None and value not in choices:
@@ -167,6 +186,7 @@ def from_dict(cls: type[T], values: dict[str, Any], base: T | None = None) -> T:
         if key not in fields:
             raise _unknown(cls, key)
         value = _coerce(key, raw, types_[key])
+        _check_number(key, value, fields[key])
         _check_choices(key, value, fields[key])
         current[key] = value
     try:
@@ -200,11 +220,21 @@ def load_yaml(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -> 
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(_yaml_error(path, exc)) from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
     cfg = from_dict(cls, values)
     return parse_config(cls, list(overrides), base=cfg) if overrides else cfg
+
+
+def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
+    """One line: ``config file F, line L, column C: not valid YAML: <problem>`` (1-based)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    text = f"{context}: {problem}" if context and context != problem else str(problem)
+    return f"config file {path}{where}: not valid YAML: {' '.join(text.split())}"
 
 
 def dump_yaml(cfg: Any, path: str | Path | None = None) -> str:

@@ -102,6 +102,8 @@ class TrainConfig:
                 raise ConfigError(f"{name}={getattr(self, name)} must be positive")
         if self.temperature <= 0:
             raise ConfigError(f"temperature={self.temperature} must be > 0 (log-probs are taken at it)")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora_dropout={self.lora_dropout} must be in [0, 1)")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p={self.top_p} must be in (0, 1]")
         if self.lr <= 0:
