@@ -3,7 +3,8 @@
 A plain path means SQLite. SQLite runs in WAL mode with ``synchronous=NORMAL``, a busy timeout and
 foreign keys on. Write transactions start with ``BEGIN IMMEDIATE`` (they take the write lock up
 front, so two writers queue on the busy timeout instead of failing on a lock upgrade); read
-transactions use a plain deferred ``BEGIN``. A read-only store opens SQLite with ``mode=ro``.
+transactions use a plain deferred ``BEGIN``. A read-only store opens SQLite with
+``PRAGMA query_only`` (or ``mode=ro`` where the file or the URL is read-only).
 
 SQLite may answer ``SQLITE_BUSY`` at once, without calling the busy handler, where waiting could
 deadlock; the switch of a new, empty file to WAL while another process switches it too does so
@@ -112,7 +113,11 @@ def make_engine(url: URL, *, read_only: bool, write_mode: bool, immutable: bool 
             kwargs["connect_args"] = {"options": "-c default_transaction_read_only=on"}
         return create_engine(url, **kwargs)
 
-    if read_only:
+    # A read-only store on a file it could write opens it normally with ``query_only``: SQLite
+    # then refuses every write, and the last connection to close removes the -wal/-shm files (a
+    # ``mode=ro`` connection leaves them behind, even beside a damaged store it only read).
+    query_only = read_only and not immutable and not is_read_only_target(url)
+    if read_only and not query_only:
         url = _sqlite_ro_url(url, immutable)
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
 
@@ -121,7 +126,9 @@ def make_engine(url: URL, *, read_only: bool, write_mode: bool, immutable: bool 
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (below)
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        if not read_only:
+        if query_only:
+            cur.execute("PRAGMA query_only=ON")
+        elif not read_only:
             # the switch can be refused with SQLITE_BUSY without waiting: retry it to the deadline
             retry_busy(lambda: cur.execute("PRAGMA journal_mode=WAL").fetchall())
         cur.execute("PRAGMA synchronous=NORMAL")

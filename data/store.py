@@ -249,6 +249,7 @@ class Store:
             ) from exc
         migrate.check_revision(revision)
         if revision == migrate.head_revision():
+            retry_busy(self._check_shape)
             return
         if revision is None and tables - {"alembic_version"}:
             raise CorruptDatabase(
@@ -262,6 +263,28 @@ class Store:
             )
             raise SchemaOutdated(f"{self._display} {what}; open it writable once to migrate")
         self._migrate()
+
+    def _check_shape(self) -> None:
+        """At the head revision every table and column of ``data.models`` must exist: a store
+        damaged by hand (a dropped table or column) is named here, not by a failing query."""
+        from data.models import Base
+
+        with self._read_engine.connect() as conn:
+            insp = inspect(conn)
+            present = set(insp.get_table_names())
+            for table in Base.metadata.sorted_tables:
+                if table.name not in present:
+                    raise CorruptDatabase(
+                        f"{self._display} is damaged: table {table.name!r} is missing "
+                        f"(schema {migrate.head_revision()!r})"
+                    )
+                columns = {c["name"] for c in insp.get_columns(table.name)}
+                missing = [c.name for c in table.columns if c.name not in columns]
+                if missing:
+                    raise CorruptDatabase(
+                        f"{self._display} is damaged: column(s) {', '.join(missing)} of table "
+                        f"{table.name!r} missing (schema {migrate.head_revision()!r})"
+                    )
 
     def _migrate(self) -> None:
         engine = make_engine(self._url, read_only=False, write_mode=True)
@@ -317,12 +340,36 @@ class Store:
         try:
             with self._read_engine.connect() as conn:
                 yield conn
+        except ValueError as exc:  # a JSON column that does not decode (json.JSONDecodeError)
+            if not isinstance(exc, json.JSONDecodeError):
+                raise
+            raise CorruptDatabase(f"{self._display} is damaged: {self._bad_json(exc)}") from exc
         except DatabaseError as exc:
             if _is_corruption(exc):
                 raise CorruptDatabase(f"{self._display} is damaged: {_reason(exc)}") from exc
             if is_busy_error(exc):
                 raise self._busy(exc) from exc
             raise
+
+    def _bad_json(self, exc: json.JSONDecodeError) -> str:
+        """Which row holds invalid JSON (SQLite's ``json_valid`` over every JSON column)."""
+        from sqlalchemy import JSON
+
+        try:
+            with self._read_engine.connect() as conn:
+                for table in (RUNS, STEPS, EPISODES, TURNS, SKILLS, CHECKPOINTS):
+                    for col in table.columns:
+                        if not isinstance(col.type, JSON) or conn.dialect.name != "sqlite":
+                            continue
+                        row = conn.exec_driver_sql(
+                            f'SELECT id FROM "{table.name}" WHERE "{col.name}" IS NOT NULL '
+                            f'AND json_valid("{col.name}") = 0 LIMIT 1'
+                        ).first()
+                        if row is not None:
+                            return f"{table.name}.{col.name} of row {row.id} is not valid JSON"
+        except DatabaseError:
+            pass
+        return f"a row holds invalid JSON ({exc})"
 
     @contextmanager
     def _writing(self) -> Iterator[Connection]:
@@ -574,7 +621,7 @@ class Store:
                     return
                 turns = _turns_of(conn, [e["id"] for e in eps])
             for e in eps:
-                yield e, turns.get(e["id"], [])
+                yield e, self._checked_turns(e, turns.get(e["id"], []))
             last_id = eps[-1]["id"]
             left = None if left is None else left - len(eps)
             if len(eps) < n:
@@ -650,7 +697,22 @@ class Store:
                 ).mappings()
             }
             turns = _turns_of(conn, list(ids))
-        return [convert.rows_to_episode(eps[i], turns.get(i, [])) for i in ids]
+        return [
+            convert.rows_to_episode(eps[i], self._checked_turns(eps[i], turns.get(i, [])))
+            for i in ids
+        ]
+
+    def _checked_turns(
+        self, ep_row: dict[str, Any], turn_rows: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """The turn rows of an episode, after checking they are the ones its row counts."""
+        indices = [t["index"] for t in turn_rows]
+        if ep_row["num_turns"] != len(turn_rows) or indices != list(range(len(turn_rows))):
+            raise CorruptDatabase(
+                f"{self._display} is damaged: episode {ep_row['uid']!r} (run {ep_row['run_id']}) "
+                f"records {ep_row['num_turns']} turns but turns {indices} are stored"
+            )
+        return turn_rows
 
     def sample_episodes(
         self,
