@@ -32,7 +32,7 @@ from agents.errors import BackendError
 from agents.parsing import parse_action
 from agents.renderers import Renderer, check_extends, strip_span
 from agents.text_safety import record_text, storable
-from agents.types import EndReason, Episode, EpisodeGroup, Turn
+from agents.types import EndReason, Episode, EpisodeGroup, PrivilegedTexts, Turn
 from envs.base import STRENGTHS as _STRENGTHS
 
 __all__ = ["RolloutConfig", "RolloutStats", "collect_groups", "student_view", "STRENGTHS"]
@@ -49,9 +49,9 @@ class RolloutConfig:
 
     ``privileged_strength``: the *sampler* sees the privileged text of that strength (spliced
     after the system message at the start; pi-Distill's teacher-view rollouts); its span is kept
-    in ``episode.info["privileged_span"]`` (see :func:`student_view`).
+    in ``episode.privileged_span`` (see :func:`student_view`).
     ``record_privileged``: strengths whose text is stored every turn in
-    ``turn.info["privileged"][strength]`` (the state before the turn's action), for teacher scoring.
+    ``turn.privileged`` (``PrivilegedTexts``: the state before the turn's action), for teacher scoring.
     """
 
     group_size: int = 4
@@ -162,7 +162,7 @@ def _start_slot(
             with _Timer(stats, "env_s"):
                 text = storable(_base(env).privileged_text(cfg.privileged_strength))
             slot.prompt_ids, pos, n = slot.renderer.teacher_ids(slot.prompt_ids, text)
-            episode.info["privileged_span"] = [pos, n]
+            episode.privileged_span = (pos, n)
     except Exception as exc:  # noqa: BLE001 - an env failure is recorded, the batch goes on
         if slot.renderer is None:
             slot.renderer = source if isinstance(source, Renderer) else None  # type: ignore[assignment]
@@ -187,15 +187,17 @@ def _replay_prefix(slot: _Slot, actions: list[str], stats: RolloutStats) -> None
     slot.episode.info["prefix_reward"] = reward
 
 
-def _record_privileged(slot: _Slot, strengths: tuple[str, ...], stats: RolloutStats) -> dict[str, str]:
+def _record_privileged(slot: _Slot, strengths: tuple[str, ...], stats: RolloutStats) -> PrivilegedTexts | None:
+    if not strengths:
+        return None
     with _Timer(stats, "env_s"):
-        return storable({s: _base(slot.env).privileged_text(s) for s in strengths})
+        return PrivilegedTexts(**storable({s: _base(slot.env).privileged_text(s) for s in strengths}))
 
 
-def _make_turn(slot: _Slot, completion: Completion, version: int, privileged: dict[str, str]) -> Turn:
+def _make_turn(slot: _Slot, completion: Completion, version: int, privileged: PrivilegedTexts | None) -> Turn:
     ids, mask = slot.renderer.finish_completion(completion.token_ids, completion.finish_reason)
     logps = list(completion.logprobs) + [0.0] * (len(ids) - len(completion.logprobs))
-    info: dict[str, Any] = {"privileged": privileged} if privileged else {}
+    info: dict[str, Any] = {}
     text = record_text(completion.text, info, "action_text")
     parsed = parse_action(slot.renderer.family, text)
     if parsed.error:
@@ -203,7 +205,8 @@ def _make_turn(slot: _Slot, completion: Completion, version: int, privileged: di
     return Turn(index=len(slot.episode.turns), prompt_ids=list(slot.prompt_ids), completion_ids=ids,
                 sampler_logprobs=logps, loss_mask=mask, action_text=text,
                 action=parsed.action, action_valid=parsed.valid,
-                finish_reason=completion.finish_reason, policy_version=version, info=info)
+                finish_reason=completion.finish_reason, policy_version=version, privileged=privileged,
+                info=info)
 
 
 def _step_slot(slot: _Slot, turn: Turn, cfg: RolloutConfig, max_student_turns: int | None,
@@ -240,7 +243,7 @@ def _step_slot(slot: _Slot, turn: Turn, cfg: RolloutConfig, max_student_turns: i
 def _finalize(slot: _Slot, cfg: RolloutConfig, stats: RolloutStats) -> None:
     if "outcome_hint" in cfg.record_privileged and slot.episode.end_reason != EndReason.ENV_ERROR:
         try:
-            slot.episode.info["privileged_final"] = _record_privileged(slot, ("outcome_hint",), stats)
+            slot.episode.final_privileged = _record_privileged(slot, ("outcome_hint",), stats)
         except Exception as exc:  # noqa: BLE001
             slot.episode.info["privileged_final_error"] = _error_text(exc)
     try:
@@ -310,14 +313,12 @@ def collect_groups(
         live = [s for s in slots if not s.done]
         if not live:
             break
-        recorded: list[dict[str, str] | None] = []
+        batch: list[tuple[_Slot, PrivilegedTexts | None]] = []
         for slot in live:
             try:
-                recorded.append(_record_privileged(slot, cfg.record_privileged, stats))
-            except Exception as exc:  # noqa: BLE001
-                recorded.append(None)
+                batch.append((slot, _record_privileged(slot, cfg.record_privileged, stats)))
+            except Exception as exc:  # noqa: BLE001 - the env failed: recorded, the others go on
                 _end(slot, EndReason.ENV_ERROR, error=_error_text(exc), error_stage="privileged_text")
-        batch = [(s, r) for s, r in zip(live, recorded) if r is not None]
         if not batch:
             continue
         params = cfg.sampling
@@ -346,10 +347,9 @@ def student_view(episode: Episode) -> Episode:
     The completions are unchanged, so scoring it gives the student-view log-probs of the very
     tokens the teacher-view sampler produced (pi-Distill's ``pi_S(y | x)``).
     """
-    span = episode.info.get("privileged_span")
+    span = episode.privileged_span
     if not span or not span[1]:
         return dataclasses.replace(episode, turns=[dataclasses.replace(t) for t in episode.turns])
     pos, n = span
     turns = [dataclasses.replace(t, prompt_ids=strip_span(t.prompt_ids, pos, n)) for t in episode.turns]
-    info = {k: v for k, v in episode.info.items() if k != "privileged_span"}
-    return dataclasses.replace(episode, turns=turns, info=info, privileged=None)
+    return dataclasses.replace(episode, turns=turns, privileged=None, privileged_span=None)

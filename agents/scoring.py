@@ -131,13 +131,13 @@ def _requests(
 
 def _recorded_text(strength: str) -> PrivilegedTexts:
     def text(episode: Episode, turn: Turn) -> str:
-        recorded = turn.info.get("privileged", {})
-        if strength not in recorded:
+        recorded = turn.privileged.to_dict().get(strength) if turn.privileged is not None else None
+        if recorded is None:
             raise ScoringError(
                 f"turn {turn.index} of episode {episode.episode_id or episode.task_id} has no recorded "
                 f"privileged text {strength!r}; add it to RolloutConfig.record_privileged"
             )
-        return recorded[strength]
+        return recorded
 
     return text
 
@@ -173,7 +173,7 @@ def score_turns(
     Args:
         model: the teacher (``nn.Module``), or a vLLM backend (prompt log-probs, T = 1).
         renderer: needed for privileged scoring.
-        privileged_strength: read ``turn.info["privileged"][strength]`` (recorded by the rollout)
+        privileged_strength: read ``turn.privileged`` at that strength (recorded by the rollout)
             and splice it in; ``None`` scores the student's own context.
         temperature: log-probs of ``softmax(z / T)``.
         disable_adapter: score with a PEFT model's base weights (``model.disable_adapter()``).

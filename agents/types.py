@@ -16,10 +16,12 @@ completion, and ``Episode.loss_mask`` marks exactly the sampled assistant tokens
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["Turn", "Episode", "EpisodeGroup", "EndReason"]
+from envs.base import STRENGTHS
+
+__all__ = ["Turn", "Episode", "EpisodeGroup", "EndReason", "PrivilegedTexts"]
 
 
 class EndReason:
@@ -32,6 +34,40 @@ class EndReason:
     ENV_ERROR = "env_error"  # the env raised: recorded with the message in Episode.info
     CURRICULUM = "curriculum"  # a curriculum (TCOD F2B) cut the episode for training
     ALL = (TERMINATED, TRUNCATED, MAX_TURNS, CONTEXT_OVERFLOW, ENV_ERROR, CURRICULUM)
+
+
+@dataclass(frozen=True)
+class PrivilegedTexts:
+    """The privileged texts recorded for one turn (the env's state before the turn's action), one
+    field per strength (``envs.Strength``); ``None`` where that strength was not recorded (the rollout
+    records only the strengths the method reads). Never shown to the sampler."""
+
+    plan: str | None = None
+    next_action: str | None = None
+    hint: str | None = None
+    answer: str | None = None
+    outcome_hint: str | None = None
+
+    def get(self, strength: str) -> str | None:
+        """The text at ``strength`` (None when not recorded); unknown strengths are a program error."""
+        if strength not in _STRENGTH_FIELDS:
+            raise KeyError(f"unknown privileged strength {strength!r}; expected one of {_STRENGTH_FIELDS}")
+        return getattr(self, strength)
+
+    def to_dict(self) -> dict[str, str]:
+        """The recorded strengths as a JSON-safe dict (the store's edge)."""
+        return {k: v for k in _STRENGTH_FIELDS if (v := getattr(self, k)) is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> PrivilegedTexts | None:
+        """Inverse of ``to_dict`` (``None`` for a missing/empty record); unknown keys are dropped."""
+        if not d:
+            return None
+        return cls(**{k: str(v) for k, v in d.items() if k in _STRENGTH_FIELDS})
+
+
+_STRENGTH_FIELDS = STRENGTHS
+assert tuple(f.name for f in fields(PrivilegedTexts)) == STRENGTHS, "one field per envs.Strength"
 
 
 @dataclass
@@ -58,6 +94,7 @@ class Turn:
     policy_version: int = 0
     teacher_logprobs: list[float] | None = None
     token_weights: list[float] | None = None
+    privileged: PrivilegedTexts | None = None  # teacher-only texts recorded before this action
     info: dict[str, Any] = field(default_factory=dict)  # JSON-safe subset of the env's info
 
     @property
@@ -80,6 +117,9 @@ class Episode:
     end_reason: str = EndReason.TERMINATED
     policy_version: int = 0
     privileged: str | None = None  # which privileged strength the *sampler* saw (None = plain)
+    # where the sampler's privileged block sits in every prompt: [pos, pos + n) (privileged sampling)
+    privileged_span: tuple[int, int] | None = None
+    final_privileged: PrivilegedTexts | None = None  # recorded after the episode ended (outcome_hint)
     episode_id: str = ""
     info: dict[str, Any] = field(default_factory=dict)
     initial_observation: str = ""  # the env's reset() text (store transcripts and replay check it)

@@ -6,7 +6,10 @@ Each path runs in its own fresh process (so one path's freed memory cannot hide 
 load the model, play the same seeded household episodes, score them, then time ``--repeats`` loss
 phases (teacher work of the loss + student forward + divergence + backward) and read the peak extra
 memory of the first one (CPU: the process's peak RSS, reset through ``/proc/self/clear_refs``, minus
-the RSS before; CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation before)::
+the RSS before, with glibc's large blocks on mmap so freed memory leaves the RSS; CUDA:
+``torch.cuda.max_memory_allocated`` minus the allocation before). The divergence alone is measured
+the same way from the student's last hidden states as a leaf (teacher work of the loss, head/logits,
+divergence, backward to hidden states and head), without the transformer's activations::
 
     python bench/opsd_divergence.py                       # bundled SmolLM2-135M, household lengths
     python bench/opsd_divergence.py --model tiny --tasks 1
@@ -48,7 +51,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     from agents.rollout import RolloutConfig, collect_groups
     from trainers.batch import TrainContext, move_batch
     from trainers.methods.opsd import OPSD, OPSDConfig
-    from trainers.runtime import load_any_model, policy_logprobs, renderer_factory
+    from trainers.runtime import PolicyOutput, load_any_model, policy_logprobs, renderer_factory
 
     torch.manual_seed(0)
     model, tok = load_any_model(args.model)
@@ -93,6 +96,32 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = _rss_kib("VmHWM") * 1024 - base
+    # the divergence's own extra memory: the student's hidden states as a leaf (no transformer
+    # activations), then the path's head/logits, divergence and backward to hidden states and head
+    with torch.no_grad():
+        h_BTH = model(input_ids=batch.input_ids_BT.to(device), attention_mask=batch.attention_mask_BT.to(device),
+                      output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+    h_BTH = h_BTH.detach().requires_grad_(True)
+    head = model.get_output_embeddings()
+    fake = PolicyOutput(torch.zeros(batch.loss_mask_BT.shape, device=device), torch.zeros(1), h_BTH, head)
+    gc.collect()
+    if device.type == "cuda":
+        base_d = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base_d = _rss_kib("VmRSS") * 1024
+        Path("/proc/self/clear_refs").write_text("5")
+    t0 = time.perf_counter()
+    if args.impl == "fused":
+        div = method.fused_divergence(batch, fake)
+    else:
+        div = method.divergence(ctx, batch, fake.logits_BTV)
+    div.backward()
+    div_s = time.perf_counter() - t0
+    if device.type == "cuda":
+        div_peak = torch.cuda.max_memory_allocated() - base_d
+    else:
+        div_peak = _rss_kib("VmHWM") * 1024 - base_d
     times = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
@@ -103,6 +132,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     return {"loss": loss, "loss_phase_s": round(statistics.median(times), 4),
             "loss_phase_s_all": [round(t, 4) for t in times], "score_s": round(score_s, 4),
             "peak_extra_mib": round(peak / 2**20, 1), "trained_tokens": batch.num_tokens,
+            "divergence_peak_extra_mib": round(div_peak / 2**20, 1), "divergence_s": round(div_s, 4),
             "rows": batch.num_seqs, "max_len": int(batch.lengths_B.max()), "device": device.type}
 
 
@@ -123,15 +153,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     result: dict[str, Any] = {"model": args.model, "env": ENV, "config": {
         k: getattr(args, k) for k in ("tasks", "group", "max_turns", "max_new_tokens", "repeats", "topk")}}
-    base_cmd = [sys.executable, __file__] + [a for a in (argv if argv is not None else sys.argv[1:])
-                                             if not a.startswith("--out")]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    base_cmd = [sys.executable, __file__, "--model", args.model, "--tasks", str(args.tasks),
+                "--group", str(args.group), "--max-turns", str(args.max_turns),
+                "--max-new-tokens", str(args.max_new_tokens), "--repeats", str(args.repeats),
+                "--topk", str(args.topk)]
+    # large blocks through mmap, returned to the OS when freed: the peak RSS then tracks live memory
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     for impl in ("logits", "fused"):
         out = subprocess.run(base_cmd + ["--impl", impl], capture_output=True, text=True, env=env, check=True)
         result[impl] = json.loads(out.stdout.strip().splitlines()[-1])
     f, m = result["fused"], result["logits"]
     result["ratio"] = {
         "peak_extra_memory": round(f["peak_extra_mib"] / max(m["peak_extra_mib"], 1e-9), 3),
+        "divergence_peak_extra_memory": round(f["divergence_peak_extra_mib"] / max(m["divergence_peak_extra_mib"], 1e-9), 3),
+        "divergence_time": round(f["divergence_s"] / max(m["divergence_s"], 1e-9), 3),
         "loss_phase_time": round(f["loss_phase_s"] / m["loss_phase_s"], 3),
         "score_plus_loss_time": round((f["score_s"] + f["loss_phase_s"]) / (m["score_s"] + m["loss_phase_s"]), 3),
         "loss_rel_diff": abs(f["loss"] - m["loss"]) / max(abs(m["loss"]), 1e-12),

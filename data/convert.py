@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.types import Episode, Turn
+from agents.types import Episode, PrivilegedTexts, Turn
 from data import codec
 from data.errors import StoreError
 
@@ -51,7 +51,7 @@ def episode_to_rows(
         "privileged": episode.privileged,
         "policy_version": int(episode.policy_version),
         "initial_observation": episode.initial_observation,
-        "info": dict(episode.info),
+        "info": _episode_info(episode),
     }
     turn_rows = []
     previous: tuple[list[int], list[int]] | None = None  # the previous turn's (prompt, completion)
@@ -79,10 +79,30 @@ def episode_to_rows(
                 "truncated": bool(turn.truncated),
                 "finish_reason": turn.finish_reason,
                 "policy_version": int(turn.policy_version),
-                "info": dict(turn.info),
+                "info": _turn_info(turn),
             }
         )
     return ep_row, turn_rows
+
+
+# The typed privileged records travel in the rows' JSON info under the keys runs written before
+# they existed used, so old and new runs read back the same (no schema change).
+
+
+def _episode_info(episode: Episode) -> dict[str, Any]:
+    info = dict(episode.info)
+    if episode.privileged_span is not None:
+        info["privileged_span"] = list(episode.privileged_span)
+    if episode.final_privileged is not None:
+        info["privileged_final"] = episode.final_privileged.to_dict()
+    return info
+
+
+def _turn_info(turn: Turn) -> dict[str, Any]:
+    info = dict(turn.info)
+    if turn.privileged is not None:
+        info["privileged"] = turn.privileged.to_dict()
+    return info
 
 
 def _as_list(ids: Sequence[int]) -> list[int]:
@@ -142,6 +162,7 @@ def rows_to_episode(ep_row: Mapping[str, Any], turn_rows: Sequence[Mapping[str, 
     """(episode row, its turn rows in index order) -> ``Episode`` with plain Python lists."""
     turns = []
     for row, arrays in zip(turn_rows, decode_turn_arrays(turn_rows)):
+        turn_info = dict(row["info"] or {})
         turns.append(
             Turn(
                 index=row["index"],
@@ -160,10 +181,15 @@ def rows_to_episode(ep_row: Mapping[str, Any], turn_rows: Sequence[Mapping[str, 
                 policy_version=row["policy_version"],
                 teacher_logprobs=_tolist(arrays["teacher_logprobs"]),
                 token_weights=_tolist(arrays["token_weights"]),
-                info=dict(row["info"] or {}),
+                privileged=PrivilegedTexts.from_dict(turn_info.pop("privileged", None)),
+                info=turn_info,
             )
         )
+    ep_info = dict(ep_row["info"] or {})
+    span = ep_info.pop("privileged_span", None)
     return Episode(
+        privileged_span=(int(span[0]), int(span[1])) if span else None,
+        final_privileged=PrivilegedTexts.from_dict(ep_info.pop("privileged_final", None)),
         env_id=ep_row["env_id"],
         task_id=ep_row["task_id"],
         seed=ep_row["seed"],
@@ -176,7 +202,7 @@ def rows_to_episode(ep_row: Mapping[str, Any], turn_rows: Sequence[Mapping[str, 
         policy_version=ep_row["policy_version"],
         privileged=ep_row["privileged"],
         episode_id=ep_row["uid"],
-        info=dict(ep_row["info"] or {}),
+        info=ep_info,
         initial_observation=ep_row["initial_observation"],
     )
 

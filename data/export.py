@@ -5,7 +5,8 @@ items hold every ``Turn`` field (token ids as int lists, log-probs as floats). J
 through :func:`episode_from_dict`.
 
 Every method exports one schema (:func:`export_schema`, derived from the ``Episode``/``Turn``
-dataclasses): method-specific fields (``teacher_logprobs``, ``token_weights``, ``privileged``)
+dataclasses): method-specific fields (``teacher_logprobs``, ``token_weights``, ``privileged``, the typed
+privileged texts)
 are nullable columns of a fixed type, never inferred from the data, so the Parquet files and HF
 datasets of an SFT run and of an OPD run concatenate (``datasets.concatenate_datasets``).
 ``info`` dicts are JSON strings.
@@ -21,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from agents.types import Episode, Turn
+from agents.types import Episode, PrivilegedTexts, Turn
 
 __all__ = ["FORMATS", "episode_to_dict", "episode_from_dict", "export_episodes", "export_schema",
            "export_features"]
@@ -44,10 +45,18 @@ def episode_from_dict(d: dict[str, Any]) -> Episode:
     fields = {f.name for f in dataclasses.fields(Episode)}
     kw = {k: v for k, v in d.items() if k in fields}
     kw["info"] = json.loads(kw.get("info") or "{}")
+    if kw.get("privileged_span") is not None:
+        kw["privileged_span"] = tuple(kw["privileged_span"])
+    kw["final_privileged"] = _privileged(kw.get("final_privileged"))
     kw["turns"] = [
-        Turn(**{**t, "info": json.loads(t.get("info") or "{}")}) for t in d.get("turns", [])
+        Turn(**{**t, "info": json.loads(t.get("info") or "{}"), "privileged": _privileged(t.get("privileged"))})
+        for t in d.get("turns", [])
     ]
     return Episode(**kw)
+
+
+def _privileged(d: dict[str, Any] | None) -> PrivilegedTexts | None:
+    return None if d is None else PrivilegedTexts(**d)
 
 
 def _rows(episodes: Iterable[tuple[int, Episode]], run: str) -> Iterator[dict[str, Any]]:
@@ -65,6 +74,8 @@ def _arrow_type(hint: Any) -> Any:
         return _arrow_type(inner)
     if origin is list:
         return pa.list_(_arrow_type(args[0]))
+    if origin is tuple:  # a fixed-size tuple of one type (privileged_span)
+        return pa.list_(_arrow_type(args[0]))
     if origin is dict or hint is dict:
         return pa.string()  # JSON text
     simple = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
@@ -72,6 +83,8 @@ def _arrow_type(hint: Any) -> Any:
         return simple[hint]
     if hint is Turn:
         return pa.struct(_fields(Turn))
+    if hint is PrivilegedTexts:
+        return pa.struct(_fields(PrivilegedTexts))
     raise TypeError(f"no export type for annotation {hint!r}")
 
 

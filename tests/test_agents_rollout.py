@@ -114,10 +114,10 @@ def test_privileged_text_recorded_per_turn(groups) -> None:
     env = envs.make(ENV)
     ep = out[0].episodes[0]
     env.reset(seed=ep.seed, options={"task_id": ep.task_id})
-    recorded = ep.turns[0].info["privileged"]
+    recorded = ep.turns[0].privileged.to_dict()
     assert set(recorded) == {"plan", "next_action", "hint", "answer", "outcome_hint"}
     assert recorded["next_action"] == env.unwrapped.privileged_text("next_action") != ""
-    assert "privileged_final" in ep.info
+    assert ep.final_privileged is not None
 
 
 def test_bad_generations_are_data(tiny) -> None:
@@ -227,7 +227,7 @@ def test_privileged_sampler_and_student_view(tiny) -> None:
     model, tok = tiny
     ep = collect_groups(ENV, TASKS[:1], HFBackend(model, tok), _factory(tok),
                         _cfg(group_size=1, max_turns=2, privileged_strength="plan"), seed=0)[0].episodes[0]
-    pos, n = ep.info["privileged_span"]
+    pos, n = ep.privileged_span
     assert n > 0 and ep.privileged == "plan"
     assert "An expert would take these actions" in tok.decode(ep.turns[0].prompt_ids[pos : pos + n])
     plain = student_view(ep)

@@ -69,10 +69,10 @@ def test_privileged_scores_align_with_completion_tokens(tiny, rollout, mode) -> 
     episodes, renderer = rollout
     score_turns(model, episodes, renderer=renderer, privileged_strength="next_action", mode=mode)
     for ep in episodes[:2]:
-        text0 = ep.turns[0].info["privileged"]["next_action"]
+        text0 = ep.turns[0].privileged.next_action
         assert text0.startswith("The expert's next action is:")
         for turn in ep.turns:
-            text = turn.info["privileged"]["next_action"] if mode == "turn" else text0
+            text = turn.privileged.next_action if mode == "turn" else text0
             teacher, pos, n = renderer.teacher_ids(turn.prompt_ids + turn.completion_ids, text)
             assert n > 0 and teacher[-len(turn.completion_ids) :] == turn.completion_ids
             # independent route: full log-softmax over the teacher sequence, last |completion| rows

@@ -284,7 +284,7 @@ def test_empty_privileged_info_teacher_is_student_and_terms_are_exactly_zero(tin
     div.backward()
     assert torch.equal(logits.grad, torch.zeros_like(logits))
     # (3) with the plan in context the teacher differs (so the checks above can fail)
-    score_privileged(ctx, current, episodes, lambda e, t: t.info["privileged"]["plan"], 1.0)
+    score_privileged(ctx, current, episodes, lambda e, t: t.privileged.plan, 1.0)
     differs = _batch(groups)
     assert (differs.teacher_logp_BT - differs.old_logp_BT).abs().max() > 1e-3
 
@@ -295,7 +295,7 @@ def test_teacher_logits_realign_to_student_positions(tiny, ctx_factory, rollouts
     groups = rollouts()
     ctx = ctx_factory()
     view = TeacherView("current", tiny[0])
-    plan = lambda e, t: t.info["privileged"]["plan"]  # noqa: E731
+    plan = lambda e, t: t.privileged.plan  # noqa: E731
     score_privileged(ctx, view, [ep for g in groups for ep in g.episodes], plan, 1.0)
     batch = _batch(groups)
     b_N, t_N, z_NV = teacher_logits_for_batch(ctx, view, batch, plan)
@@ -314,7 +314,7 @@ def test_pi_distill_student_view_removes_the_privileged_block(tiny, rollouts):
     groups = rollouts("plan")
     batch = build_batch(groups, 0)
     ep = batch.episodes[0]
-    pos, n = ep.info["privileged_span"]
+    pos, n = ep.privileged_span
     assert n > 0 and student_view_ids(ep)[0] == ep.full_ids[:pos] + ep.full_ids[pos + n :]
     lp_BT = student_view_logprobs(tiny[0], batch, 1.0, with_grad=False)
     for b, episode in enumerate(batch.episodes):

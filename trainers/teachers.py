@@ -176,9 +176,8 @@ def build_teacher_view(ctx: TrainContext, kind: str, ema_decay: float = 0.999) -
 
 def turn_privileged_text(turn: Turn, strength: str) -> str:
     """The privileged text the rollout recorded for ``turn`` at ``strength`` ("" when none)."""
-    priv = turn.info.get("privileged") or {}
-    text = priv.get(strength, "") if isinstance(priv, dict) else ""
-    return text if isinstance(text, str) else ""
+    text = turn.privileged.get(strength) if turn.privileged is not None else None
+    return text or ""
 
 
 def renderer_for(ctx: TrainContext, task_id: str) -> Any:

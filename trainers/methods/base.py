@@ -110,7 +110,7 @@ class Method:
 
     def privileged_strengths(self) -> tuple[str, ...]:
         """The privileged strengths (``envs.STRENGTHS``) whose text the rollout must record on every
-        turn for this method's teacher (``turn.info["privileged"]``). Default: none."""
+        turn for this method's teacher (``turn.privileged``). Default: none."""
         return ()
 
     def rollout_overrides(self, ctx: TrainContext, step: int, tasks: list[str]) -> RolloutOverrides:

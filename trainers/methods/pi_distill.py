@@ -120,7 +120,7 @@ class PiDistillConfig(TrainConfig):
 
 def student_view_ids(episode: Episode) -> tuple[list[int], int, int]:
     """``(student_ids, pos, n)``: the episode's full ids with the privileged span ``[pos, pos+n)`` removed."""
-    pos, n = episode.info.get("privileged_span") or (0, 0)
+    pos, n = episode.privileged_span or (0, 0)
     return strip_span(episode.full_ids, pos, n), int(pos), int(n)
 
 

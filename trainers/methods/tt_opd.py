@@ -179,14 +179,14 @@ def outcome_hint_text(episode: Episode) -> str:
     """The reinforcing (won) / corrective (lost) hint of a finished episode, for the teacher.
 
     The env's ``outcome_hint`` strength, recorded by the rollout after the episode in
-    ``episode.info["privileged_final"]``, holds the outcome and the matching hint; when the env had
+    ``episode.final_privileged``, holds the outcome and the matching hint; when the env had
     not ended (turn limit, curriculum cut) it is empty, and the outcome is stated from
     ``episode.won`` with the env's short ``hint``.
     """
     if not episode.turns:
         return ""
-    final = episode.info.get("privileged_final") or {}
-    text = final.get("outcome_hint", "") if isinstance(final, dict) else ""
+    final = episode.final_privileged
+    text = (final.outcome_hint or "") if final is not None else ""
     if text:
         return str(text)
     hint = next((turn_privileged_text(t, "hint") for t in episode.turns
