@@ -22,9 +22,11 @@ Teacher context (privileged information ``I``) is a pure function of the student
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from agents.errors import TemplateError, TokenDriftError
+from agents.parsing import ParsedAction, parse_action
 from agents.system_prompts import system_text as family_system_text
 
 __all__ = ["Renderer", "PRIVILEGED_HEADER", "strip_span", "check_extends"]
@@ -71,6 +73,8 @@ class Renderer:
         system_prompt: replaces the generated system text entirely when given.
         tools: OpenAI-style tool schemas listed in the system prompt.
         privileged_role: chat role of the spliced privileged block.
+        action_parser: ``f(reply) -> action | None`` replacing the family's parser (a custom env's
+            ``parse_action``); ``None`` means the reply holds no valid action.
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class Renderer:
         *,
         tools: list[dict[str, Any]] | None = None,
         privileged_role: str = "system",
+        action_parser: Callable[[str], str | None] | None = None,
     ) -> None:
         if getattr(tokenizer, "chat_template", None) is None:
             raise TemplateError("the tokenizer has no chat template; set tokenizer.chat_template")
@@ -90,6 +95,7 @@ class Renderer:
         self.instructions = instructions
         self.tools = tools
         self.privileged_role = privileged_role
+        self.action_parser = action_parser
         self._system = system_prompt if system_prompt is not None else family_system_text(
             family, instructions, tools
         )
@@ -230,9 +236,28 @@ class Renderer:
 
     @classmethod
     def for_env(cls, tokenizer: Any, env: Any, info: dict[str, Any] | None = None, **kwargs: Any) -> Renderer:
-        """A renderer for an env instance: its family, instructions and tools."""
+        """A renderer for an env instance: its family, instructions and tools, and, where the env
+        defines them, its own ``system_prompt`` (replacing the family's) and ``parse_action``."""
         base = getattr(env, "unwrapped", env)
         tools = (info or {}).get("tools")
         if tools is None and hasattr(base, "tool_schemas"):
             tools = base.tool_schemas()
+        kwargs.setdefault("system_prompt", getattr(base, "system_prompt", None))
+        parser = getattr(base, "parse_action", None)
+        kwargs.setdefault("action_parser", parser if callable(parser) else None)
         return cls(tokenizer, getattr(base, "family", ""), getattr(base, "instructions", ""), tools=tools, **kwargs)
+
+    def parse(self, reply: str) -> ParsedAction:
+        """The action in a model reply: the env's own parser when it has one, else the family's.
+        Never raises: a parser that fails or finds nothing gives an invalid action (model data)."""
+        if self.action_parser is None:
+            return parse_action(self.family, reply)
+        if not isinstance(reply, str):
+            return ParsedAction("", False, f"reply is {type(reply).__name__}, not str")
+        try:
+            action = self.action_parser(reply)
+        except Exception as exc:  # noqa: BLE001 - the env's parser rejected the reply
+            return ParsedAction("", False, f"{type(exc).__name__}: {exc}")
+        if action is None:
+            return ParsedAction("", False, "the env's parser found no action in the reply")
+        return ParsedAction(str(action), True)

@@ -6,7 +6,7 @@ One trajectory, top to bottom (see ``agents/types.py`` for the token layout)::
     prompt0 = renderer.start(obs0)                    (+ replayed prefix actions, + privileged block)
     loop:  completion = backend.generate(all live prompts)          one call per turn
            ids, mask  = renderer.finish_completion(completion)      end-of-turn appended, mask 0
-           action     = parse_action(family, completion.text)       never raises
+           action     = renderer.parse(completion.text)             never raises
            obs, r, .. = env.step(action)                            an exception ends *that* episode
            prompt_t+1 = renderer.extend(prompt_t + ids, obs)        checked: must extend (TokenDriftError)
 
@@ -29,7 +29,6 @@ from typing import Any
 
 from agents.backends import Completion, GenerationBackend, SamplingParams
 from agents.errors import BackendError
-from agents.parsing import parse_action
 from agents.renderers import Renderer, check_extends, strip_span
 from agents.text_safety import record_text, storable
 from agents.types import EndReason, Episode, EpisodeGroup, PrivilegedTexts, Turn
@@ -199,7 +198,7 @@ def _make_turn(slot: _Slot, completion: Completion, version: int, privileged: Pr
     logps = list(completion.logprobs) + [0.0] * (len(ids) - len(completion.logprobs))
     info: dict[str, Any] = {}
     text = record_text(completion.text, info, "action_text")
-    parsed = parse_action(slot.renderer.family, text)
+    parsed = slot.renderer.parse(text)
     if parsed.error:
         info["parse_error"] = parsed.error
     return Turn(index=len(slot.episode.turns), prompt_ids=list(slot.prompt_ids), completion_ids=ids,

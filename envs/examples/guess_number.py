@@ -3,6 +3,11 @@
 The env picks a secret number; the agent answers ``guess N`` and hears ``Too low.``,
 ``Too high.`` or ``Correct!``. Everything else (spaces, seeding, task ids, info keys, bad input,
 render, the privileged channel) comes from :class:`envs.TextEnv`.
+
+It speaks for itself to the agents: ``system_prompt`` is the whole system message the model sees
+(instead of a built-in family's) and ``parse_action`` reads the action out of a model's reply
+(instead of the family's parser). Both are optional; without them an env of an unknown family gets a
+generic prompt and its replies are used as free text.
 """
 
 from __future__ import annotations
@@ -16,12 +21,17 @@ import envs
 __all__ = ["GuessNumberEnv", "register"]
 
 _GUESS = re.compile(r"^\s*guess\s+(-?\d{1,6})\s*\.?\s*$", re.IGNORECASE)
+_IN_REPLY = re.compile(r"\bguess\s*:?\s*(-?\d{1,6})\b", re.IGNORECASE)
 
 
 class GuessNumberEnv(envs.TextEnv):
     """Guess a secret number in ``1..high``; ``difficulty`` is ``high`` (default 20)."""
 
-    family = "household"  # plain-text commands: agents reuse the household prompt and parser
+    family = "guess_number"
+    system_prompt = (
+        "You are playing a number-guessing game. Each turn, reply with exactly one command: "
+        "guess N, where N is a whole number. The game answers Too low., Too high. or Correct!"
+    )
     default_difficulty = 20
     max_episode_steps = 10  # used when registered through an entry point
 
@@ -45,6 +55,12 @@ class GuessNumberEnv(envs.TextEnv):
             return envs.StepOutcome("Too low.")
         self.high_bound = min(self.high_bound, guess - 1)
         return envs.StepOutcome("Too high.")
+
+    @staticmethod
+    def parse_action(reply: str) -> str | None:
+        """The first ``guess N`` anywhere in a model's reply (None when there is none)."""
+        m = _IN_REPLY.search(reply)
+        return f"guess {m.group(1)}" if m else None
 
     @property
     def task_type(self) -> str:
