@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+try:  # line editing for input() at a terminal (absent on some platforms)
+    import readline  # noqa: F401
+except ImportError:  # pragma: no cover
+    pass
 from typing import Any
 
 from rich.console import Console
@@ -41,6 +46,20 @@ def _show_info(console: Console, info: dict[str, Any], show_actions: bool) -> No
         console.print("[dim]actions: " + escape(", ".join(info["admissible_actions"])) + "[/dim]")
 
 
+def _tool_table(tools: list[dict[str, Any]]) -> Table:
+    """The env's tools as signatures: ``name(arg: type, ...)`` and the description."""
+    table = Table(title="tools (call as <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>)")
+    table.add_column("tool")
+    table.add_column("what it does")
+    for tool in tools:
+        spec = tool.get("function", tool)
+        props = (spec.get("parameters") or {}).get("properties") or {}
+        required = set((spec.get("parameters") or {}).get("required") or [])
+        args = ", ".join(f"{k}{'' if k in required else '?'}: {v.get('type', 'any')}" for k, v in props.items())
+        table.add_row(escape(f"{spec.get('name', '?')}({args})"), escape(str(spec.get("description", ""))))
+    return table
+
+
 def cmd_play(console: Console, args: argparse.Namespace) -> int:
     env = envs.make(args.env_id)
     options: dict[str, Any] = {}
@@ -57,6 +76,9 @@ def cmd_play(console: Console, args: argparse.Namespace) -> int:
     )
     if args.instructions:
         console.print(escape(getattr(unwrapped, "instructions", "")))
+    tools = info.get("tools") or (unwrapped.tool_schemas() if hasattr(unwrapped, "tool_schemas") else None)
+    if tools:
+        console.print(_tool_table(tools))
     console.print(escape(obs))
     _show_info(console, info, args.actions)
     total, steps = 0.0, 0
@@ -64,13 +86,19 @@ def cmd_play(console: Console, args: argparse.Namespace) -> int:
         if args.expert:
             action = unwrapped.expert_action()
         else:
-            console.print("[bold cyan]> [/bold cyan]", end="")
-            line = sys.stdin.readline()
-            if not line:
-                console.print("\n[dim](end of input)[/dim]")
-                break
-            action = line.rstrip("\n")
-            if not sys.stdin.isatty():
+            if sys.stdin.isatty():  # line editing and history (readline) at a terminal
+                try:
+                    action = input("> ")
+                except EOFError:
+                    console.print("\n[dim](end of input)[/dim]")
+                    break
+            else:
+                console.print("[bold cyan]> [/bold cyan]", end="")
+                line = sys.stdin.readline()
+                if not line:
+                    console.print("\n[dim](end of input)[/dim]")
+                    break
+                action = line.rstrip("\n")
                 console.print(escape(action))
         if args.expert:
             console.print(f"[bold cyan]> {escape(action)}[/bold cyan]")
