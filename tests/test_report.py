@@ -233,8 +233,8 @@ def test_report_of_a_real_run_in_headless_chromium(runs: Path, tmp_path: Path) -
         assert js("return document.querySelectorAll('span.tok').length") > 0
         driver.find_element("css selector", f"a[href='{links[1]}']").click()
         assert js("return location.hash") == links[1]
-        top = js(f"return document.getElementById('{links[1][1:]}').getBoundingClientRect().top")
-        assert js("return window.scrollY") > 0 and 0 <= top < js("return window.innerHeight")
+        top = js(f"return document.getElementById('{links[1][1:]}').getBoundingClientRect().top")  # sub-pixel: -0.19 seen
+        assert js("return window.scrollY") > 0 and -2 <= top < js("return window.innerHeight")
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == [], errors
         height = js("return document.documentElement.scrollHeight")

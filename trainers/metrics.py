@@ -19,6 +19,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from trainers.config import ConfigError
+
 __all__ = ["MetricsLogger", "TRACKERS", "parse_trackers", "read_csv"]
 
 # accelerate's tracker names, and the package each one needs
@@ -35,7 +37,6 @@ def parse_trackers(report_to: str, *, tensorboard: bool = False, wandb: bool = F
 
     ``tensorboard``/``wandb``: the older ``log_tensorboard``/``log_wandb`` switches, added.
     """
-    from trainers.config import ConfigError
 
     names = [n.strip().lower() for n in report_to.split(",") if n.strip() and n.strip() != "none"]
     names += [n for n, on in (("tensorboard", tensorboard), ("wandb", wandb)) if on]

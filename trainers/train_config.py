@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from trainers.config import ConfigError, config_field
+from trainers.metrics import parse_trackers
 
 __all__ = ["TrainConfig", "DEFAULT_ENV", "DEFAULT_MODEL"]
 
@@ -128,6 +129,4 @@ class TrainConfig:
         if not isinstance(self.env_kwargs, dict):
             raise ConfigError(f"env_kwargs must be a mapping, got {self.env_kwargs!r}")
         if self.report_to or self.log_tensorboard or self.log_wandb:  # a missing package: now
-            from trainers.metrics import parse_trackers
-
             parse_trackers(self.report_to, tensorboard=self.log_tensorboard, wandb=self.log_wandb)
