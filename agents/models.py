@@ -210,11 +210,20 @@ def load_model(
     """Load ``(model, tokenizer)`` from a bundled name or a local directory (fp32 on CPU by default).
 
     A directory holding a PEFT adapter (``adapter_config.json``) is loaded on top of its base model.
+    ``"tiny"`` / ``"tiny:<seed>"`` is the test model (:func:`tiny_model`, deterministic per seed),
+    so adapters trained on it load and evaluate like any other.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = dtype or torch.float32
+    name = str(name_or_path)
+    if name == "tiny" or name.startswith("tiny:"):
+        model, tokenizer = tiny_model(seed=int(name.split(":", 1)[1]) if ":" in name else 0)
+        model = model.to(dtype)
+        if device:
+            model.to(device)
+        return model.eval(), tokenizer
     path = Path(str(name_or_path)).expanduser()
     if path.is_dir() and (path / "adapter_config.json").is_file() and not (path / "config.json").exists():
         return _load_adapter(path, dtype=dtype, device=device)

@@ -60,3 +60,20 @@ def test_rollout_sends_the_parsed_action_to_the_env(tiny):
     turn = group.episodes[0].turns[0]
     assert turn.action == "guess 10" and turn.action_valid
     assert turn.observation in ("Too low.", "Too high.", "Correct!")
+
+
+def test_tiny_lora_run_is_evaluable(tmp_path):
+    """``model=tiny`` is the documented test model: a LoRA run's final/ evaluates like any other."""
+    from trainers.config import parse_config
+    from trainers.evaluate import EvalConfig, evaluate_checkpoint
+    from trainers.loop import train
+    from trainers.train_config import TrainConfig
+
+    cfg = parse_config(TrainConfig, ["model=tiny", "steps=1", "tasks_per_step=1", "group_size=2",
+                                    "max_turns=1", "max_new_tokens=4", "max_context_tokens=1024",
+                                    "progress=false", "checkpoint_every=0", f"output_dir={tmp_path}",
+                                    "run_name=tiny-lora", "method=grpo", "finetune=lora"])
+    final = train(cfg).final_dir
+    report = evaluate_checkpoint(EvalConfig(model=str(final), episodes=2, max_turns=1, max_new_tokens=4,
+                                            output_dir=str(tmp_path), max_context_tokens=1024))
+    assert len(report.episodes) == 2 and 0.0 <= report.success_rate <= 1.0
