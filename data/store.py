@@ -153,7 +153,7 @@ class Store:
         self.read_only = is_read_only_target(self._url) if read_only is None else read_only
         self._path = sqlite_path(self._url)
         self._display = (
-            str(self._path) if self._path else self._url.render_as_string(hide_password=True)
+            str(self._path) if self._path else self.shown_url
         )
         self._known_runs: set[int] = set()
         self._id_prefix = uuid.uuid4().hex[:20]  # one urandom call per store, not per episode
@@ -183,6 +183,11 @@ class Store:
     def url(self) -> str:
         """The database URL (with password) to hand to another process."""
         return self._url.render_as_string(hide_password=False)
+
+    @property
+    def shown_url(self) -> str:
+        """The database URL with its password hidden (for logs and run records)."""
+        return self._url.render_as_string(hide_password=True)
 
     def __repr__(self) -> str:
         return f"Store({self._display!r}{', read_only=True' if self.read_only else ''})"

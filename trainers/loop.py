@@ -298,12 +298,9 @@ def _device() -> torch.device:
 
 
 def _open_run(store: Any, cfg: TrainConfig) -> Any:
-    """Create the run in the store, or reopen it (status back to running) when resuming."""
-    from sqlalchemy.engine import make_url
-
-    # the store the run actually wrote to (password hidden) goes with the run's config
-    resolved = make_url(store.url).render_as_string(hide_password=True)
-    return store.create_run(cfg.run_name, cfg.method, {**config_to_dict(cfg), "store_url": resolved},
+    """Create the run in the store, or reopen it (status back to running) when resuming.
+    The store the run actually writes to (password hidden) goes with the run's config."""
+    return store.create_run(cfg.run_name, cfg.method, {**config_to_dict(cfg), "store_url": store.shown_url},
                             seed=cfg.seed, resume=cfg.resume)
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "build_policy",
     "build_optimizer",
     "open_store",
+    "store_url",
     "renderer_factory",
     "train_task_ids",
     "collect_rollouts",
@@ -110,10 +111,16 @@ def build_optimizer(cfg: TrainConfig, model: Any) -> tuple[torch.optim.Optimizer
     return optimizer, scheduler
 
 
+def store_url(cfg: Any) -> str:
+    """The run's store: ``cfg.store``, or one SQLite file under ``cfg.output_dir``."""
+    if getattr(cfg, "store", ""):
+        return str(cfg.store)
+    return f"sqlite:///{Path(getattr(cfg, 'output_dir', 'runs')).resolve() / 'distillgym.db'}"
+
+
 def open_store(cfg: TrainConfig) -> Any:
     """The trajectory store of the run (default: one SQLite file under ``output_dir``)."""
-    url = cfg.store or f"sqlite:///{Path(cfg.output_dir).resolve() / 'distillgym.db'}"
-    return Store(url)
+    return Store(store_url(cfg))
 
 
 def renderer_factory(tokenizer: Any) -> Any:

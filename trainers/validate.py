@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from trainers.config import ConfigError, config_to_dict
+from trainers.runtime import store_url
 
-__all__ = ["validate_before_load", "default_store_url", "RESUME_MAY_CHANGE"]
+__all__ = ["validate_before_load", "RESUME_MAY_CHANGE"]
 
 # Settings a resumed run may change: how long it runs and how it reports, not what it trains.
 RESUME_MAY_CHANGE = frozenset(
@@ -29,15 +30,6 @@ RESUME_MAY_CHANGE = frozenset(
      "store", "store_url"}
 )
 _TINY = "tiny"
-
-
-def default_store_url(cfg: Any) -> str:
-    """The run's store: ``cfg.store`` or one SQLite file under ``cfg.output_dir`` (what
-    ``trainers.runtime.open_store`` opens)."""
-    store = getattr(cfg, "store", "")
-    if store:
-        return str(store)
-    return f"sqlite:///{Path(getattr(cfg, 'output_dir', 'runs')).resolve() / 'distillgym.db'}"
 
 
 def validate_before_load(cfg: Any) -> None:
@@ -126,7 +118,7 @@ def _check_store_and_run(cfg: Any) -> None:
 
     from data import Store, StoreError
 
-    url = default_store_url(cfg)
+    url = store_url(cfg)
     try:
         store = Store(url)
     except StoreError as exc:  # its message names the store (password hidden)
