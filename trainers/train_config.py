@@ -52,7 +52,21 @@ class TrainConfig:
     max_context_tokens: int = _f(2048, "context window of one episode")
     temperature: float = _f(1.0, "sampling temperature (log-probs are taken at it)")
     top_p: float = _f(1.0, "nucleus sampling (keep 1.0 for distillation)")
-    backend: str = _f("auto", "generation backend", ("auto", "hf", "vllm"))
+    backend: str = _f("auto", "generation backend", ("auto", "hf", "vllm", "server"))
+    # serving (backend=server; see agents.server)
+    sampler_urls: str = _f("", "vLLM server URLs, comma-separated, or 'auto' to start them (backend=server)")
+    sampler_replicas: int = _f(1, "servers started by sampler_urls=auto")
+    weight_transport: str = _f("auto", "how new weights reach the sampler",
+                               ("auto", "inprocess", "filesystem", "native"))
+    request_timeout_s: float = _f(120.0, "timeout of one sampler/teacher request (seconds)")
+    teacher_url: str = _f("", "a vLLM server that scores as the teacher (instead of an in-process teacher)")
+    # asynchronous rollouts (0 = synchronous)
+    async_steps: int = _f(0, "rollouts may be sampled by a policy up to this many versions old (0 = sync)")
+    tis_cap: float = _f(0.0, "truncated importance sampling cap on pi_old/pi_sampler (0 = off)")
+    # distributed (torchrun / accelerate launch; world size 1 = one process)
+    fsdp_mixed_precision: str = _f("", "FSDP2 parameter dtype for compute ('' = the model's dtype)",
+                                   ("", "bfloat16", "float16"))
+    dist_timeout_s: float = _f(600.0, "a collective waiting longer than this fails the job (seconds)")
     # model
     model: str = _f(DEFAULT_MODEL, "student model: bundled name or HF-format directory")
     teacher: str = _f("", "teacher model (distillation methods): name or directory")
@@ -126,6 +140,10 @@ class TrainConfig:
             )
         if self.max_bad_steps < 0 or self.checkpoint_every < 0 or self.eval_every < 0:
             raise ConfigError("max_bad_steps, checkpoint_every and eval_every must be >= 0")
+        if self.sampler_replicas < 1 or self.request_timeout_s <= 0 or self.dist_timeout_s <= 0:
+            raise ConfigError("sampler_replicas, request_timeout_s and dist_timeout_s must be positive")
+        if self.async_steps < 0 or self.tis_cap < 0:
+            raise ConfigError(f"async_steps={self.async_steps} and tis_cap={self.tis_cap} must be >= 0")
         if not isinstance(self.env_kwargs, dict):
             raise ConfigError(f"env_kwargs must be a mapping, got {self.env_kwargs!r}")
         if self.report_to or self.log_tensorboard or self.log_wandb:  # a missing package: now
