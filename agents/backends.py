@@ -60,6 +60,8 @@ class SamplingParams:
     max_tokens: int = 64
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    row_seeds: tuple[int, ...] = ()  # one per prompt (overrides seed): a row's draws do not
+    # depend on which other prompts share its batch (episodes independent of the world size)
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -69,6 +71,7 @@ class SamplingParams:
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
         self.stop = tuple(self.stop)
+        self.row_seeds = tuple(int(x) for x in self.row_seeds)
 
     @property
     def logprob_temperature(self) -> float:
@@ -103,13 +106,15 @@ class GenerationBackend(Protocol):
 
 
 def sample_next(
-    logits_BV: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+    logits_BV: torch.Tensor, params: SamplingParams,
+    generator: torch.Generator | list[torch.Generator] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one token per row; return ``(token_B, logp_B)``.
 
     ``logp_B = log softmax(logits_BV / T)[token_B]`` with ``T = params.logprob_temperature``;
     greedy when ``params.temperature == 0``; nucleus filtering (``top_p``) only changes which
-    token is drawn, not the reported log-prob.
+    token is drawn, not the reported log-prob. ``generator`` is one stream for the batch or one
+    per row (row ``b`` then draws from ``generator[b]`` alone).
     """
     logp_BV = torch.log_softmax(logits_BV.float() / params.logprob_temperature, dim=-1)
     if params.temperature == 0:
@@ -121,7 +126,11 @@ def sample_next(
             drop = (sorted_p.cumsum(-1) - sorted_p) >= params.top_p  # keep the smallest nucleus
             sorted_p = sorted_p.masked_fill(drop, 0.0)
             probs_BV = torch.zeros_like(probs_BV).scatter(-1, order, sorted_p)
-        token_B = torch.multinomial(probs_BV, 1, generator=generator).squeeze(-1)
+        if isinstance(generator, list):
+            token_B = torch.cat([torch.multinomial(p_V[None], 1, generator=g)[0]
+                                 for p_V, g in zip(probs_BV, generator)])
+        else:
+            token_B = torch.multinomial(probs_BV, 1, generator=generator).squeeze(-1)
     return token_B, logp_BV.gather(-1, token_B[:, None]).squeeze(-1)
 
 
@@ -215,8 +224,12 @@ class HFBackend:
         """Sample one completion per prompt (order preserved)."""
         if any(len(p) == 0 for p in prompts):
             raise BackendError("empty prompt: every prompt needs at least one token")
-        generator = None
-        if params.seed is not None:
+        if params.row_seeds and len(params.row_seeds) != len(prompts):
+            raise BackendError(f"{len(params.row_seeds)} row seeds for {len(prompts)} prompts")
+        generator: Any = None
+        if params.row_seeds:
+            generator = [torch.Generator(device=self.device).manual_seed(s) for s in params.row_seeds]
+        elif params.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(int(params.seed))
         stamp = self._weights_stamp() if self.prefix_cache else ()
         if stamp != self._kv_stamp:
@@ -229,7 +242,8 @@ class HFBackend:
         try:
             for chunk in _chunks(order, self.max_batch_size):
                 batch = [prompts[i] for i in chunk]
-                for i, done in zip(chunk, self._generate_batch(batch, params, generator, saved)):
+                gen = [generator[i] for i in chunk] if isinstance(generator, list) else generator
+                for i, done in zip(chunk, self._generate_batch(batch, params, gen, saved)):
                     results[i] = done
         finally:
             self.model.train(was_training)
@@ -320,8 +334,8 @@ class HFBackend:
 
     @torch.no_grad()
     def _generate_batch(
-        self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator | None,
-        saved: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]],
+        self, prompts: list[list[int]], params: SamplingParams,
+        generator: torch.Generator | list[torch.Generator] | None, saved: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]],
     ) -> list[Completion]:
         dev = self.device
         B = len(prompts)
@@ -335,7 +349,8 @@ class HFBackend:
             return prompts[b] + tokens[b][:-1]
 
         for step in range(params.max_tokens):
-            tok_B, lp_B = sample_next(logits_BV, params, generator)
+            gen = [generator[b] for b in alive] if isinstance(generator, list) else generator
+            tok_B, lp_B = sample_next(logits_BV, params, gen)
             keep = []
             for row, (b, t, lp) in enumerate(zip(alive, tok_B.tolist(), lp_B.tolist())):
                 tokens[b].append(t)
@@ -459,7 +474,8 @@ class VLLMBackend:
         self._lora_dir: tempfile.TemporaryDirectory[str] | None = None
 
     def _sampling(self, params: SamplingParams, index: int, **extra: Any) -> Any:
-        seed = None if params.seed is None else int(params.seed) + index
+        seed = params.row_seeds[index] if params.row_seeds else (
+            None if params.seed is None else int(params.seed) + index)
         return self._vllm.SamplingParams(
             temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
             stop=list(params.stop) or None, seed=seed, logprobs=0, skip_special_tokens=True,

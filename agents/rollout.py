@@ -264,6 +264,7 @@ def collect_groups(
     prefix_actions: dict[str, list[str]] | None = None,
     max_student_turns: int | None = None,
     stats: RolloutStats | None = None,
+    task_index_offset: int = 0,
 ) -> list[EpisodeGroup]:
     """Run ``cfg.group_size`` episodes per task (same env seed), all in lock-step.
 
@@ -281,6 +282,10 @@ def collect_groups(
         prefix_actions: per task, expert actions replayed before the student plays (TCOD B2F).
         max_student_turns: stop after that many student turns (TCOD F2B), ``EndReason.CURRICULUM``.
         stats: filled with the time split (generation vs env).
+        task_index_offset: position of ``task_ids[0]`` in the step's full task list. Episode
+            ``g`` of task ``i`` samples from its own stream, seeded by the turn's seed and
+            ``(task_index_offset + i) * G + g``, so a rank that plays a share of the step's tasks
+            draws exactly what one process playing all of them would.
     """
     window = getattr(backend, "max_model_len", None)
     if window is not None and cfg.max_context_tokens > window:
@@ -290,7 +295,8 @@ def collect_groups(
     version = backend.policy_version if policy_version is None else int(policy_version)
     slots: list[_Slot] = []
     groups: list[EpisodeGroup] = []
-    for task_id in task_ids:
+    stream: dict[int, int] = {}  # id(slot) -> its global episode index (its sampling stream)
+    for t, task_id in enumerate(task_ids):
         group_id = f"{task_id}@{seed}-{uuid.uuid4().hex[:8]}"
         prefix = list((prefix_actions or {}).get(task_id, []))
         members = [
@@ -299,6 +305,7 @@ def collect_groups(
             for g in range(cfg.group_size)
         ]
         slots.extend(members)
+        stream.update({id(s): (task_index_offset + t) * cfg.group_size + g for g, s in enumerate(members)})
         renderer = next((s.renderer for s in members if s.renderer is not None), None)
         groups.append(EpisodeGroup(group_id=group_id, task_id=task_id,
                                    episodes=[s.episode for s in members], renderer=renderer))
@@ -322,7 +329,9 @@ def collect_groups(
             continue
         params = cfg.sampling
         if params.seed is None:
-            params = dataclasses.replace(params, seed=(seed * 1_000_003 + turn_index) % (2**31))
+            turn_seed = (seed * 1_000_003 + turn_index) % (2**31)
+            params = dataclasses.replace(params, seed=turn_seed, row_seeds=tuple(
+                row_seed(turn_seed, stream[id(s)]) for s, _ in batch))
         with _Timer(stats, "generate_s"):
             completions = backend.generate([s.prompt_ids for s, _ in batch], params)
         if len(completions) != len(batch):
@@ -338,6 +347,12 @@ def collect_groups(
     stats.episodes += len(slots)
     stats.total_s += time.perf_counter() - t_start
     return groups
+
+
+def row_seed(turn_seed: int, stream: int) -> int:
+    """Sampling seed of episode ``stream`` at a turn (a fixed mix: no Python ``hash``, which is
+    salted per process)."""
+    return (turn_seed * 2_654_435_761 + stream * 40_503 + 1) % (2**31 - 1)
 
 
 def student_view(episode: Episode) -> Episode:
