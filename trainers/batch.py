@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from agents.types import Episode, EpisodeGroup
+from trainers.distributed import DistInfo
 from trainers.errors import BatchTooLargeError
 from trainers.losses import group_advantages
 from trainers.train_config import TrainConfig
@@ -45,6 +46,7 @@ class RolloutOverrides:
     temperature: float | None = None
     group_size: int | None = None
     record_privileged: tuple[str, ...] | None = None  # strengths stored per turn (None: the method's)
+    task_index_offset: int = 0  # set by the loop: this rank's first task in the step's task list
 
 
 @dataclass
@@ -66,6 +68,15 @@ class TrainContext:
     env_id: str = ""
     renderers: dict[str, Any] = field(default_factory=dict)  # task id -> the rollout's Renderer
     state: dict[str, Any] = field(default_factory=dict)  # method-owned, checkpointed if tensors/JSON
+    dist: DistInfo = field(default_factory=DistInfo)  # rank and world size (1: one process)
+    replica: nn.Module | None = None  # world size > 1: the unsharded policy copy (see inference_model)
+
+    @property
+    def inference_model(self) -> nn.Module:
+        """The policy's current weights for no-grad forwards (sampling, self-teacher scoring):
+        ``model`` itself, or at world size > 1 its unsharded replica (a sharded forward is a
+        collective, and those forwards run a different number of times on each rank)."""
+        return self.replica if self.replica is not None else self.model
 
 
 @dataclass

@@ -6,7 +6,12 @@ A checkpoint is a directory ``<run_dir>/checkpoints/step-<n>/`` (``n`` = complet
                         (loadable by ``agents.models.load_model(path)``)
     trainer_state.pt    optimizer, LR scheduler, RNG states (python, numpy, torch, cuda),
                         data cursor, policy version, bad-step count, method state
+    optimizer/          world size > 1: the optimizer state as a distributed checkpoint
+                        (``torch.distributed.checkpoint``, one shard file per rank) instead
     COMPLETE            written last: a directory without it is ignored (killed mid-save)
+
+``model/`` is always consolidated (rank 0 saves the unsharded replica), and the optimizer state is
+keyed by parameter name in either layout, so a run resumes at any world size (1 → 2, 2 → 1).
 
 The store gets a ``checkpoints`` row too. On ``--resume`` the loop loads the newest complete
 checkpoint and deletes the store's episodes and step rows logged after it, so the store shows no
@@ -26,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainers.distributed import DistInfo, barrier
 from trainers.errors import CheckpointError
 
 __all__ = [
@@ -116,26 +122,41 @@ def save_checkpoint(
     state: TrainerState,
     method_state: dict[str, Any],
     keep: int = 2,
+    dist: DistInfo | None = None,
+    replica: Any = None,
 ) -> Path:
-    """Write ``checkpoints/step-<state.step>`` atomically (COMPLETE last); prune old ones."""
+    """Write ``checkpoints/step-<state.step>`` atomically (COMPLETE last); prune old ones.
+
+    At world size > 1 every rank calls this: rank 0 writes the replica's weights and the trainer
+    state, every rank writes its optimizer shard.
+    """
+    dist = dist or DistInfo()
     root = run_dir / "checkpoints"
     final = root / f"step-{state.step:06d}"
     tmp = root / f".tmp-step-{state.step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_policy(model, tokenizer, tmp / "model", base_model)
-    torch.save({
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": rng_state(),
-        "trainer": state.__dict__,
-        "method": method_state,
-    }, tmp / "trainer_state.pt")
-    (tmp / _DONE).write_text(str(state.step))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    done = sorted(p for p in root.glob("step-*") if (p / _DONE).exists())
-    for old in done[: max(len(done) - keep, 0)]:
-        shutil.rmtree(old, ignore_errors=True)
+    if dist.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_policy(replica if replica is not None else model, tokenizer, tmp / "model", base_model)
+    blob: dict[str, Any] = {"scheduler": scheduler.state_dict(), "rng": rng_state(),
+                            "trainer": state.__dict__, "method": method_state}
+    if dist.enabled:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        barrier(dist)
+        dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(tmp / "optimizer"))
+        blob["optimizer_dcp"] = True
+    else:
+        blob["optimizer"] = optimizer.state_dict()
+    if dist.is_main:
+        torch.save(blob, tmp / "trainer_state.pt")
+        (tmp / _DONE).write_text(str(state.step))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        done = sorted(p for p in root.glob("step-*") if (p / _DONE).exists())
+        for old in done[: max(len(done) - keep, 0)]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier(dist)
     return final
 
 
@@ -146,17 +167,58 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_checkpoint(
-    path: Path, *, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any
+    path: Path, *, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
+    replica: Any = None,
 ) -> tuple[TrainerState, dict[str, Any]]:
-    """Restore policy weights, optimizer, scheduler and RNGs; return the loop state and method state."""
+    """Restore policy weights, optimizer, scheduler and RNGs; return the loop state and method state.
+
+    With a ``replica`` (world size > 1: ``model`` is FSDP-sharded) the weights load into the
+    replica and are scattered from it; a checkpoint of either world size loads at either.
+    """
     if not (path / _DONE).exists():
         raise CheckpointError(f"checkpoint {path} is incomplete (no {_DONE} marker)")
-    load_policy_weights(model, path / "model")
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if replica is not None:
+        load_policy_weights(replica, path / "model")
+        set_model_state_dict(model, replica.state_dict(), options=StateDictOptions(full_state_dict=True))
+    else:
+        load_policy_weights(model, path / "model")
     blob = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(blob["optimizer"])
+    if blob.get("optimizer_dcp"):
+        _load_sharded_optimizer(path / "optimizer", model, optimizer)
+    elif replica is not None:
+        _load_plain_optimizer_sharded(blob["optimizer"], model, optimizer)
+    else:
+        optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     set_rng_state(blob["rng"])
     return TrainerState(**blob["trainer"]), blob.get("method", {})
+
+
+def _load_sharded_optimizer(directory: Path, model: Any, optimizer: torch.optim.Optimizer) -> None:
+    """A distributed-checkpoint optimizer state, resharded to this run's world size (1 included)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    target = {"optimizer": get_optimizer_state_dict(model, optimizer)}  # initialised, this layout
+    dcp.load(target, checkpoint_id=str(directory))
+    set_optimizer_state_dict(model, optimizer, target["optimizer"])
+
+
+def _load_plain_optimizer_sharded(plain: dict[str, Any], model: Any, optimizer: torch.optim.Optimizer) -> None:
+    """A world-size-1 optimizer state (keyed by parameter index, in the order the optimizer was
+    built: the trainable parameters) into the sharded policy's optimizer."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    full = {"state": {names[int(i)]: v for i, v in plain["state"].items()},
+            "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]}
+                             for g in plain["param_groups"]]}
+    set_optimizer_state_dict(model, optimizer, full, options=StateDictOptions(full_state_dict=True))
 
 
 def rng_bytes() -> bytes:

@@ -24,6 +24,7 @@ trainer's ``log π`` matches the sampler's ``log π_old`` up to kernel numerics.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import shutil
 import time
@@ -51,6 +52,23 @@ from trainers.checkpoint import (
     save_checkpoint,
 )
 from trainers.config import ConfigError, config_to_dict, dump_yaml
+from trainers.distributed import (
+    DistInfo,
+    all_gather_keys,
+    all_reduce_max,
+    all_reduce_sum,
+    barrier,
+    broadcast_from_main,
+    close_distributed,
+    fail_on_sigterm,
+    gather_to_main,
+    grad_norm_value,
+    init_distributed,
+    make_replica,
+    shard_policy,
+    share_bounds,
+    sync_replica,
+)
 from trainers.errors import TooManyBadStepsError
 from trainers.evaluate import evaluate_policy
 from trainers.losses import kl_old_k3
@@ -115,10 +133,13 @@ def train_step(
     cfg, step = ctx.cfg, state.step
     t0 = time.perf_counter()
 
-    tasks = cursor.next(cfg.tasks_per_step)
+    tasks = cursor.next(cfg.tasks_per_step)  # the same on every rank; each plays its share
+    lo, hi = share_bounds(len(tasks), ctx.dist.rank, ctx.dist.world_size)
+    tasks = tasks[lo:hi]
     overrides = method.rollout_overrides(ctx, step, tasks)
     if overrides.record_privileged is None:  # record only the strengths the method reads
         overrides.record_privileged = method.privileged_strengths()
+    overrides.task_index_offset = lo
     groups = method.collect(ctx, step, tasks, overrides)
     t_rollout = time.perf_counter()
 
@@ -126,36 +147,52 @@ def train_step(
     t_score = time.perf_counter()
 
     batch = method.make_batch(ctx, groups)
+    local_tokens = batch.num_tokens
+    if ctx.dist.enabled:  # losses are normalized by the step's global counts
+        batch.num_tokens, batch.num_seqs = (int(n) for n in all_reduce_sum(
+            [batch.num_tokens, batch.num_seqs], ctx.dist))
     batch.advantages_BT = method.advantages(ctx, batch)
-    stats: dict[str, float] = defaultdict(float, method.step_stats(batch))
+    stats = _token_weighted(method.step_stats(batch), local_tokens, batch.num_tokens, ctx)
+    sums: dict[str, float] = defaultdict(float)  # additive over micro-batches (and ranks)
     bad = batch.num_tokens == 0  # nothing to train on (every episode empty): skip the step
-    for mb in batch.micro_batches(cfg.token_budget):
-        mb = move_batch(mb, ctx.device)
+    mbs = batch.micro_batches(cfg.token_budget)
+    for i in range(all_reduce_max(len(mbs), ctx.dist)):  # FSDP forwards are collectives:
+        padding = i >= len(mbs)  # a rank with fewer micro-batches replays its first at weight 0
+        mb = move_batch(mbs[0 if padding else i], ctx.device)
         if cfg.kl_coef:
             with torch.no_grad(), reference_view(ctx) as ref:
                 mb.ref_logp_BT = policy_logprobs(ref, mb, cfg.temperature).logp_BT
         fwd = policy_logprobs(ctx.model, mb, cfg.temperature)
         loss, mb_stats = method.loss(ctx, mb, fwd.logp_BT, fwd)
+        if padding:
+            (loss * 0.0).backward()
+            del fwd, loss
+            continue
         if not torch.isfinite(loss):
             bad = True
-            break
+            if not ctx.dist.enabled:
+                break
         loss.backward()
         for k, v in mb_stats.items():  # stats are additive over micro-batches (global norm)
-            stats[k] += v
-        stats["loss"] += loss.item()
+            sums[k] += v
+        sums["loss"] += loss.item()
         with torch.no_grad():
             m, n = mb.loss_mask_BT, max(batch.num_tokens, 1)
-            stats["entropy"] += float((fwd.entropy_BT * m).sum()) / n
+            sums["entropy"] += float((fwd.entropy_BT * m).sum()) / n
             if method.on_policy:  # KL(π_old‖π_θ): sampler/trainer mismatch and drift
-                stats["kl_old"] += float((kl_old_k3(fwd.logp_BT, mb.old_logp_BT) * m).sum()) / n
+                sums["kl_old"] += float((kl_old_k3(fwd.logp_BT, mb.old_logp_BT) * m).sum()) / n
         del fwd, loss
     t_loss = time.perf_counter()
 
     params = [p for p in ctx.model.parameters() if p.requires_grad]
     lr = scheduler.get_last_lr()[0]  # the learning rate this step uses
     grad_norm = float("nan")
+    if ctx.dist.enabled:
+        sums = dict(zip(*reduce_sums(sums, ctx.dist)))
+        bad = bool(all_reduce_max(int(bad), ctx.dist))
+    stats.update(sums)
     if not bad:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf")))
+        grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf")))
         bad = not math.isfinite(grad_norm)
     if bad:
         optimizer.zero_grad(set_to_none=True)
@@ -166,10 +203,11 @@ def train_step(
         optimizer.zero_grad(set_to_none=True)
         state.policy_version += 1
         ctx.policy_version = state.policy_version
-        ctx.backend.update_weights(ctx.model, state.policy_version)
+        push_weights(ctx, state.policy_version)
         method.after_step(ctx, state.policy_version - 1, groups)  # optimizer steps, not loop steps
     t_end = time.perf_counter()
 
+    groups = gather_groups(groups, ctx.dist)  # rank 0: every rank's groups, in task order
     episodes = [ep for g in groups for ep in g.episodes]
     stats.update(episode_stats(episodes))
     stats.update({
@@ -179,7 +217,39 @@ def train_step(
         "time_rollout_s": t_rollout - t0, "time_score_s": t_score - t_rollout,
         "time_loss_s": t_loss - t_score, "time_optim_s": t_end - t_loss, "time_step_s": t_end - t0,
     })
-    return dict(stats), groups
+    return stats, groups
+
+
+def push_weights(ctx: TrainContext, version: int) -> None:
+    """The sampler uses the new weights (at world size > 1 the replica is refreshed first)."""
+    if ctx.replica is not None:
+        sync_replica(ctx.model, ctx.replica)
+    ctx.backend.update_weights(ctx.inference_model, version)
+
+
+def gather_groups(groups: list[EpisodeGroup], info: DistInfo) -> list[EpisodeGroup]:
+    """Rank 0 gets every rank's groups in rank (= task) order; other ranks keep their own.
+    Renderers stay home (each rank's teacher contexts were built before the gather)."""
+    if not info.enabled:
+        return groups
+    shares = gather_to_main([dataclasses.replace(g, renderer=None) for g in groups], info)
+    return [g for share in shares for g in share] if shares is not None else groups
+
+
+def _token_weighted(stats: dict[str, float], local_tokens: int, global_tokens: int,
+                    ctx: TrainContext) -> dict[str, float]:
+    """A method's step stats (token means over its batch) averaged over ranks by token count."""
+    if not ctx.dist.enabled:
+        return stats
+    keys = sorted(stats)
+    w = local_tokens / max(global_tokens, 1)
+    return dict(zip(keys, all_reduce_sum([stats[k] * w for k in keys], ctx.dist)))
+
+
+def reduce_sums(sums: dict[str, float], info: DistInfo) -> tuple[list[str], list[float]]:
+    """Σ over ranks of additive stats (keys: the union over ranks, missing ones count 0)."""
+    keys = sorted(set().union(*all_gather_keys(set(sums), info)))
+    return keys, all_reduce_sum([sums.get(k, 0.0) for k in keys], info)
 
 
 def episode_stats(episodes: list[Any]) -> dict[str, float]:
@@ -202,7 +272,9 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
     """Train ``cfg.method`` on ``cfg.env``; resume from the last checkpoint with ``cfg.resume``.
 
     ``policy`` optionally passes an already-loaded ``(model, tokenizer)`` (tests, notebooks); it
-    is trained in place (LoRA layers are injected into it when ``finetune == "lora"``).
+    is trained in place (LoRA layers are injected into it when ``finetune == "lora"``). Under
+    ``torchrun``/``accelerate launch`` every rank runs this; rank 0 alone writes the store, the
+    CSV and the trackers (``trainers.distributed``).
     """
     method = get_method(cfg.method)(cfg)
     if type(cfg) is not method.config_cls and not isinstance(cfg, method.config_cls):
@@ -211,54 +283,71 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
     if cfg.resume and not cfg.run_name:
         raise ConfigError("resume: needs run_name=<the run to continue>")
     envs.make(cfg.env, **cfg.env_kwargs).close()  # unknown env id: UnknownEnvError, first
+    dist_info = init_distributed(cfg.dist_timeout_s)
+    if dist_info.enabled:
+        _check_distributed(cfg, dist_info)
+        fail_on_sigterm()
+    main = dist_info.is_main
     run_name = cfg.run_name or f"{cfg.method}-{cfg.env.split('/')[-1]}-{datetime.now():%Y%m%d-%H%M%S}"
-    cfg.run_name = run_name
+    cfg.run_name = run_name = broadcast_from_main(run_name, dist_info)
     run_dir = Path(cfg.output_dir) / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, run_dir / "config.yaml")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, run_dir / "config.yaml")
 
-    set_seed(cfg.seed)  # LoRA initialisation draws from the global RNGs
+    set_seed(cfg.seed)  # LoRA initialisation draws from the global RNGs (the same on every rank)
     model, tokenizer = build_policy(cfg, policy)
-    device = _device()
+    device = _device(dist_info)
     model.to(device)
+    replica = reference = None
+    if cfg.kl_coef and cfg.finetune == "full":
+        reference = copy.deepcopy(model).requires_grad_(False).eval()
+    if dist_info.enabled:  # the replica samples and scores; the sharded policy trains
+        replica = make_replica(model)
+        shard_policy(model, dist_info, cfg.fsdp_mixed_precision)
+    sampler = replica if replica is not None else model
     wants_vllm = cfg.backend == "vllm" or (cfg.backend == "auto" and torch.cuda.is_available())
     model_dir = resolve_model_dir(cfg.model) if wants_vllm and not cfg.model.startswith("tiny") else None
-    backend = make_backend(cfg.backend, model=model, tokenizer=tokenizer,
+    backend = make_backend(cfg.backend, model=sampler, tokenizer=tokenizer,
                            **({"model_dir": model_dir} if model_dir else {}))
-    store = open_store(cfg)
-    run_id = _open_run(store, cfg)
+    store = open_store(cfg) if main else None
+    run_id = _open_run(store, cfg) if main else None
     ctx = TrainContext(cfg=cfg, model=model, tokenizer=tokenizer, backend=backend,
                        renderer_factory=renderer_factory(tokenizer), store=store, run_id=run_id,
-                       device=device, env_id=cfg.env)
+                       device=device, env_id=cfg.env, dist=dist_info, replica=replica,
+                       reference=reference)
+    logger: MetricsLogger | None = None
     try:  # a setup failure (e.g. a teacher with another tokenizer) marks the run failed
-        if cfg.kl_coef and cfg.finetune == "full":
-            ctx.reference = copy.deepcopy(model).requires_grad_(False).eval()
         method.setup(ctx)
         optimizer, scheduler = build_optimizer(cfg, model)
         cursor = TaskCursor(train_task_ids(cfg.env, cfg.train_split, cfg.num_train_tasks, cfg.env_kwargs),
                             cfg.seed)
         state = TrainerState()
-        logger = MetricsLogger(run_dir / "metrics.csv", store=store, run_id=run_id,
-                               tensorboard=cfg.log_tensorboard, wandb=cfg.log_wandb,
-                               report_to=cfg.report_to, project=cfg.tracker_project,
-                               run_name=run_name, config=config_to_dict(cfg))
+        if main:
+            logger = MetricsLogger(run_dir / "metrics.csv", store=store, run_id=run_id,
+                                   tensorboard=cfg.log_tensorboard, wandb=cfg.log_wandb,
+                                   report_to=cfg.report_to, project=cfg.tracker_project,
+                                   run_name=run_name, config=config_to_dict(cfg))
 
         if cfg.resume:
             state = _resume(ctx, method, optimizer, scheduler, run_dir, cursor, logger)
     except BaseException:
-        store.set_status(run_id, "failed")
+        if store is not None:
+            store.set_status(run_id, "failed")
+        close_distributed(dist_info)
         raise
 
     status = "failed"
-    bar = _progress(cfg, state.step)
+    bar = _progress(cfg, state.step) if main else None
     try:
         while state.step < cfg.steps:
             metrics, groups = train_step(ctx, method, optimizer, scheduler, state, cursor)
             step = state.step
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
                 metrics.update(_periodic_eval(ctx))
-            store.add_episodes(run_id, step, [ep for g in groups for ep in g.episodes])
-            logger.log(step, metrics, policy_version=state.policy_version)
+            if store is not None and logger is not None:  # rank 0: the one writer
+                store.add_episodes(run_id, step, [ep for g in groups for ep in g.episodes])
+                logger.log(step, metrics, policy_version=state.policy_version)
             state.step += 1
             state.cursor = {"position": cursor.position}
             if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps:
@@ -272,8 +361,9 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
                 )
         ckpt = _checkpoint(ctx, method, optimizer, scheduler, state, run_dir)
         final_dir = run_dir / "final"
-        shutil.rmtree(final_dir, ignore_errors=True)
-        shutil.copytree(ckpt / "model", final_dir)
+        if main:
+            shutil.rmtree(final_dir, ignore_errors=True)
+            shutil.copytree(ckpt / "model", final_dir)
         status = "finished"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -281,14 +371,39 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
     finally:
         if bar is not None:
             bar.close()
-        logger.close()
-        store.flush()
-        store.set_status(run_id, status)
-    _finish(cfg, run_dir, logger.rows)
-    return TrainResult(run_id=run_id, run_dir=run_dir, final_dir=final_dir, metrics=logger.rows)
+        if logger is not None:
+            logger.close()
+        if store is not None:
+            store.flush()
+            store.set_status(run_id, status)
+        barrier_or_fail(dist_info, status)
+    rows = logger.rows if logger is not None else []
+    if main:
+        _finish(cfg, run_dir, rows)
+    return TrainResult(run_id=run_id, run_dir=run_dir, final_dir=final_dir, metrics=rows)
 
 
-def _device() -> torch.device:
+def _check_distributed(cfg: TrainConfig, info: DistInfo) -> None:
+    """What world size > 1 cannot do (yet), caught before any model loads."""
+    if cfg.tasks_per_step < info.world_size:
+        raise ConfigError(f"tasks_per_step={cfg.tasks_per_step} < world size {info.world_size}: "
+                          "every rank needs at least one task (a group never splits across ranks)")
+    if cfg.method == "skill-sd":
+        raise ConfigError("skill-sd keeps its skill bank in the store, which rank 0 alone writes: "
+                          "run it at world size 1")
+
+
+def barrier_or_fail(info: DistInfo, status: str) -> None:
+    """Finished ranks wait for each other before the group is torn down; a failing rank does
+    not wait (the others fail on their next collective, within ``dist_timeout_s``)."""
+    if status == "finished":
+        barrier(info)
+    close_distributed(info)
+
+
+def _device(info: DistInfo) -> torch.device:
+    if info.enabled:  # accelerate's PartialState would open a second process group
+        return torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
     try:
         from accelerate import PartialState
 
@@ -308,7 +423,10 @@ def _checkpoint(ctx: TrainContext, method: Method, optimizer: Any, scheduler: An
                 state: TrainerState, run_dir: Path) -> Path:
     path = save_checkpoint(run_dir, model=ctx.model, tokenizer=ctx.tokenizer, base_model=ctx.cfg.model,
                            optimizer=optimizer, scheduler=scheduler, state=state,
-                           method_state=method.state_dict(), keep=ctx.cfg.keep_checkpoints)
+                           method_state=method.state_dict(), keep=ctx.cfg.keep_checkpoints,
+                           dist=ctx.dist, replica=ctx.replica)
+    if ctx.store is None:  # not the writer rank
+        return path
     ctx.store.flush()
     # the store's checkpoint step is the last step it includes (state.step counts completed steps)
     ctx.store.add_checkpoint(ctx.run_id, state.step - 1, {"dir": str(path)}, rng_bytes(),
@@ -317,20 +435,21 @@ def _checkpoint(ctx: TrainContext, method: Method, optimizer: Any, scheduler: An
 
 
 def _resume(ctx: TrainContext, method: Method, optimizer: Any, scheduler: Any, run_dir: Path,
-            cursor: TaskCursor, logger: MetricsLogger) -> TrainerState:
+            cursor: TaskCursor, logger: MetricsLogger | None) -> TrainerState:
     """Load the newest checkpoint and drop everything the store/CSV logged after it."""
     path = latest_checkpoint(run_dir)
     state = TrainerState()
     if path is not None:
         state, method_state = load_checkpoint(path, model=ctx.model, optimizer=optimizer,
-                                              scheduler=scheduler)
+                                              scheduler=scheduler, replica=ctx.replica)
         method.load_state_dict(method_state)
         cursor.position = int(state.cursor.get("position", 0))
         ctx.policy_version = state.policy_version
-        ctx.backend.update_weights(ctx.model, state.policy_version)
+        ctx.backend.update_weights(ctx.inference_model, state.policy_version)
     # steps >= state.step were not checkpointed: they will be re-run
-    ctx.store.delete_episodes_after(ctx.run_id, state.step - 1)
-    logger.truncate(state.step - 1)
+    if ctx.store is not None and logger is not None:
+        ctx.store.delete_episodes_after(ctx.run_id, state.step - 1)
+        logger.truncate(state.step - 1)
     return state
 
 

@@ -167,6 +167,7 @@ def collect_rollouts(
         ctx.env_id, tasks, ctx.backend, ctx.renderer_factory, rollout_cfg, seed=seed,
         policy_version=ctx.policy_version, env_kwargs=cfg.env_kwargs,
         prefix_actions=overrides.prefix_actions, max_student_turns=overrides.max_student_turns,
+        task_index_offset=overrides.task_index_offset,
     )
     for group in groups:
         if group.renderer is not None:

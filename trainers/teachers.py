@@ -160,16 +160,17 @@ class TeacherView:
 
 def build_teacher_view(ctx: TrainContext, kind: str, ema_decay: float = 0.999) -> TeacherView:
     """Build the teacher for ``kind`` in {current, frozen, ema} from the context's policy."""
+    policy = ctx.inference_model
     if kind == "current":
-        return TeacherView("current", ctx.model)
+        return TeacherView("current", policy)
     if kind == "frozen":
-        if hasattr(ctx.model, "disable_adapter") and ctx.cfg.finetune == "lora":
-            return TeacherView("frozen", ctx.model, disable_adapter=True)
-        frozen = copy.deepcopy(ctx.model).eval()
+        if hasattr(policy, "disable_adapter") and ctx.cfg.finetune == "lora":
+            return TeacherView("frozen", policy, disable_adapter=True)
+        frozen = copy.deepcopy(policy).eval()
         frozen.requires_grad_(False)
         return TeacherView("frozen", frozen)
     if kind == "ema":
-        ema = EMATeacher(ctx.model, ema_decay)
+        ema = EMATeacher(policy, ema_decay)
         return TeacherView("ema", ema.model, ema=ema)
     raise ValueError(f"unknown teacher kind {kind!r}; allowed: current, frozen, ema")
 

@@ -232,7 +232,7 @@ class OPSD(Method):
 
     def after_step(self, ctx: TrainContext, step: int, groups: list[EpisodeGroup]) -> None:
         if self.view.ema is not None:
-            self.view.ema.update(ctx.model)
+            self.view.ema.update(ctx.inference_model)
 
     def state_dict(self) -> dict[str, Any]:
         if self.view_is_ema():

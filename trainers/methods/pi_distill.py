@@ -162,7 +162,7 @@ class PiDistill(Method):
         batch = build_batch(groups, pad_token_id(ctx.tokenizer), std_norm=self.cfg.adv_std_norm)
         if batch.num_seqs:  # sg log π_S on the sampled tokens, before the update (for the shaping)
             batch.extras["student_logp_BT"] = student_view_logprobs(
-                ctx.model, batch, self.cfg.temperature, with_grad=False).cpu()
+                ctx.inference_model, batch, self.cfg.temperature, with_grad=False).cpu()
         return batch
 
     def advantages(self, ctx: TrainContext, batch: TrainBatch) -> Tensor:

@@ -111,7 +111,7 @@ def build_summarizer(cfg: SkillSDConfig, ctx: TrainContext, lock: threading.Lock
         model, tokenizer = load_any_model(cfg.summarizer_model)
         return ModelSummarizer(model.to(ctx.device).eval(), tokenizer, cfg.summarizer_max_tokens,
                                structured=cfg.summarizer_structured)
-    return ModelSummarizer(ctx.model, ctx.tokenizer, cfg.summarizer_max_tokens, lock=lock,
+    return ModelSummarizer(ctx.inference_model, ctx.tokenizer, cfg.summarizer_max_tokens, lock=lock,
                            structured=cfg.summarizer_structured)
 
 
@@ -134,7 +134,7 @@ class SkillSD(Method):
             raise TrainerError("skill-sd keeps its skill bank in the store: the context has no store/run")
         cfg: SkillSDConfig = self.cfg  # type: ignore[assignment]
         self.bank = SkillBank(ctx.store, ctx.run_id)
-        self.view = TeacherView("current", ctx.model)
+        self.view = TeacherView("current", ctx.inference_model)
         self.lock = threading.Lock()
         self.worker = SkillWorker(build_summarizer(cfg, ctx, self.lock), self.bank,
                                   max_attempts=cfg.summarizer_attempts)

@@ -285,9 +285,9 @@ class TTOPD(Method):
         # neither updates the teacher nor makes a later step miss its scheduled update
         kind = teacher_update_kind(step + 1, cfg.ema_interval, cfg.hard_copy_every)
         if kind == "hard":
-            self.view.ema.hard_copy(ctx.model)
+            self.view.ema.hard_copy(ctx.inference_model)
         elif kind == "ema":
-            self.view.ema.update(ctx.model)
+            self.view.ema.update(ctx.inference_model)
 
     def state_dict(self) -> dict[str, Any]:
         view = getattr(self, "view", None)
