@@ -16,6 +16,7 @@ name and resume) is checked first, by ``trainers.validate.validate_before_load``
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -69,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     command, rest = args[0], args[1:]
     try:
+        nproc, rest = _pop_nproc(rest)
+        if nproc > 1:
+            return _launch(command, rest, nproc)
         return _run(command, rest)
     except (ConfigError, UnknownMethodError, TeacherMismatchError, TooManyBadStepsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -78,6 +82,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise
+
+
+def _pop_nproc(rest: list[str]) -> tuple[int, list[str]]:
+    """``--nproc N`` / ``--nproc=N`` out of the arguments (1 when absent)."""
+    out, nproc, i = [], 1, 0
+    while i < len(rest):
+        arg = rest[i]
+        if arg == "--nproc" or arg.startswith("--nproc="):
+            value = arg.split("=", 1)[1] if "=" in arg else (rest[i + 1] if i + 1 < len(rest) else "")
+            i += 1 if "=" in arg else 2
+            if not value.isdigit() or int(value) < 1:
+                raise ConfigError(f"--nproc needs a positive number of processes, got {value!r}")
+            nproc = int(value)
+            continue
+        out.append(arg)
+        i += 1
+    return nproc, out
+
+
+def _launch(command: str, rest: list[str], nproc: int) -> int:
+    """``--nproc N``: check the command here (user errors before any process starts), then run
+    it under ``torchrun --standalone --nproc_per_node N`` (one machine; see the README for nodes)."""
+    import subprocess
+
+    if command == "eval":
+        raise ConfigError("--nproc applies to training; evaluation runs in one process")
+    from trainers.methods import get_method
+
+    method = get_method(command)
+    cfg = parse_config(method.config_cls, [*rest, f"method={command}"])
+    validate_before_load(cfg)
+    if cfg.tasks_per_step < nproc:
+        raise ConfigError(f"tasks_per_step={cfg.tasks_per_step} < --nproc {nproc}: every rank "
+                          "needs at least one task (a group never splits across ranks)")
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "trainers", command, *rest]
+    return subprocess.call(argv, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
 
 
 def _run(command: str, rest: list[str]) -> int:
@@ -105,5 +146,6 @@ def _run(command: str, rest: list[str]) -> int:
     from trainers.loop import train
 
     result = train(cfg)
-    print(f"run {cfg.run_name}: final policy in {result.final_dir}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"run {cfg.run_name}: final policy in {result.final_dir}")
     return 0
