@@ -7,6 +7,7 @@ teacher scoring with the same bundled model as the teacher, loss, optimizer) and
     python bench/train_step.py                       # bundled SmolLM2-135M, LoRA and full
     python bench/train_step.py --model tiny --modes lora --out bench_train_step.json
     python bench/train_step.py --opsd-divergence     # + OPSD divergence step, fused vs materialized
+    python bench/train_step.py --nproc 1,2 --modes lora   # FSDP2 data parallel: world size 1 vs 2
 
 Output (JSON): per mode, trained tokens, trained tokens/s over the whole step, tokens/s of the
 loss phase alone (forward + backward), and the share of the step spent in rollout, teacher
@@ -55,6 +56,32 @@ def bench_mode(mode: str, args: argparse.Namespace, out_dir: Path) -> dict[str, 
     }
 
 
+def bench_world_size(mode: str, nproc: int, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    """The same OPD steps under ``python -m trainers --nproc N`` (torchrun + FSDP2): the last
+    step's time and trained tokens/s (the step's global tokens over rank 0's step time)."""
+    import csv
+    import os
+    import subprocess
+
+    teacher = args.teacher or args.model
+    run = f"bench-{mode}-ws{nproc}"
+    cmd = [sys.executable, "-m", "trainers", "opd", f"model={args.model}", f"teacher={teacher}",
+           f"env={args.env}", f"finetune={mode}", f"steps={args.steps}", f"tasks_per_step={args.tasks}",
+           f"group_size={args.group}", f"max_turns={args.max_turns}", f"max_new_tokens={args.max_new_tokens}",
+           f"dtype={args.dtype}", "max_context_tokens=2048", f"token_budget={args.token_budget}",
+           "checkpoint_every=0", "progress=false", f"output_dir={out_dir}", f"run_name={run}",
+           f"backend={args.backend}", "--nproc", str(nproc)]
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    subprocess.run(cmd, cwd=root, env=env, check=True, stdout=subprocess.DEVNULL)
+    with open(out_dir / run / "metrics.csv") as f:
+        last = list(csv.DictReader(f))[-1]
+    step = float(last["time_step_s"])
+    return {"world_size": nproc, "step_s": round(step, 3), "trained_tokens": int(float(last["trained_tokens"])),
+            "trained_tokens_per_s": round(float(last["trained_tokens"]) / step, 2),
+            "loss": float(last["loss"])}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m-instruct")
@@ -71,6 +98,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--backend", default="auto", choices=("auto", "hf", "vllm"))
     p.add_argument("--opsd-divergence", action="store_true",
                    help="also run bench/opsd_divergence.py (fused vs materialized OPSD divergence step)")
+    p.add_argument("--nproc", default="",
+                   help="comma-separated world sizes (e.g. 1,2): run each under torchrun + FSDP2")
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
 
@@ -84,7 +113,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes.split(","):
-            result[mode] = bench_mode(mode, args, Path(tmp))
+            if args.nproc:  # one process per rank, one thread each
+                sizes = [int(n) for n in args.nproc.split(",")]
+                runs = [bench_world_size(mode, n, args, Path(tmp)) for n in sizes]
+                base = runs[0]["trained_tokens_per_s"]
+                result[mode] = {"world_sizes": runs, "scaling_vs_first": [
+                    round(r["trained_tokens_per_s"] / base, 3) for r in runs]}
+            else:
+                result[mode] = bench_mode(mode, args, Path(tmp))
     if args.opsd_divergence:
         import opsd_divergence  # bench/ is on sys.path when this file runs as a script
 

@@ -167,7 +167,7 @@ def test_two_ranks_train_the_bundled_model_and_store_each_episode_once(tmp_path)
     store = Store(f"sqlite:///{tmp_path / 'distillgym.db'}")
     run = store.get_run("real")
     assert run.status == "finished"
-    episodes = store.episodes(run.run_id)
+    episodes = list(store.episodes(run.run_id))
     keys = [(e.task_id, e.info.get("group_index"), e.group_id) for e in episodes]
     assert len(episodes) == 8 and len(set(keys)) == 8
     assert [store.count_episodes(run.run_id, step=s) for s in (0, 1)] == [4, 4]
