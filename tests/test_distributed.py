@@ -174,3 +174,31 @@ def test_two_ranks_train_the_bundled_model_and_store_each_episode_once(tmp_path)
     assert all(t.completion_ids for e in episodes for t in e.turns)
     assert (tmp_path / "real" / "final" / "adapter_model.safetensors").exists()
     assert done.stdout.count("final policy in") == 1  # rank 0 alone reports
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [
+    ["pi-distill"],  # an extra sharded forward inside the loss
+    ["tt-opd"],  # an EMA self-teacher built from the replica
+    ["opsd", "opsd_mode=divergence", "self_teacher=frozen"],  # fused divergence, adapter-off teacher
+])
+def test_methods_with_their_own_forwards_and_teachers_run_at_world_size_2(tmp_path, method):
+    cmd = [sys.executable, "-m", "trainers", *method, "model=tiny", "tasks_per_step=3", "group_size=2",
+           "max_turns=2", "max_new_tokens=8", "max_context_tokens=1024", "token_budget=2048", "steps=2",
+           "progress=false", "checkpoint_every=0", f"output_dir={tmp_path}", "run_name=m", "--nproc", "2"]
+    done = subprocess.run(cmd, cwd=ROOT, env=child_env(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1"),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    store = Store(f"sqlite:///{tmp_path / 'distillgym.db'}")
+    run = store.get_run("m")
+    assert run.status == "finished"
+    assert [store.count_episodes(run.run_id, step=s) for s in (0, 1)] == [6, 6]
+
+
+def test_skill_sd_at_world_size_2_is_refused_before_launch(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "trainers", "skill-sd", "model=tiny", f"output_dir={tmp_path}",
+                           "--nproc", "2"], cwd=ROOT, env=child_env(HF_HUB_OFFLINE="1"),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error: skill-sd keeps its skill bank")
+    assert "torch.distributed" not in done.stderr  # refused here, no job started

@@ -219,6 +219,19 @@ def build_batch(
     )
 
 
+def padding_batch(pad_id: int, num_tokens: int, num_seqs: int) -> TrainBatch:
+    """One two-token row that trains nothing (all masks 0): the forward a rank without rows runs
+    so that its sharded forwards pair with the other ranks' (world size > 1)."""
+    zeros = torch.zeros(1, 2)
+    return TrainBatch(
+        input_ids_BT=torch.full((1, 2), pad_id, dtype=torch.long),
+        attention_mask_BT=torch.ones(1, 2, dtype=torch.long), loss_mask_BT=zeros.clone(),
+        old_logp_BT=zeros.clone(), turn_BT=torch.full((1, 2), -1, dtype=torch.long),
+        adv_B=torch.zeros(1), reward_B=torch.zeros(1), won_B=torch.zeros(1),
+        group_B=torch.zeros(1, dtype=torch.long), num_tokens=num_tokens, num_seqs=num_seqs,
+    )
+
+
 def pad_token_id(tokenizer: Any) -> int:
     pad = getattr(tokenizer, "pad_token_id", None)
     if pad is None:

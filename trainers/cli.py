@@ -108,14 +108,13 @@ def _launch(command: str, rest: list[str], nproc: int) -> int:
 
     if command == "eval":
         raise ConfigError("--nproc applies to training; evaluation runs in one process")
+    from trainers.distributed import check_world_size
     from trainers.methods import get_method
 
     method = get_method(command)
     cfg = parse_config(method.config_cls, [*rest, f"method={command}"])
     validate_before_load(cfg)
-    if cfg.tasks_per_step < nproc:
-        raise ConfigError(f"tasks_per_step={cfg.tasks_per_step} < --nproc {nproc}: every rank "
-                          "needs at least one task (a group never splits across ranks)")
+    check_world_size(cfg, nproc)
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
             "-m", "trainers", command, *rest]
     return subprocess.call(argv, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})

@@ -35,6 +35,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from trainers.config import ConfigError
+
 __all__ = [
     "DistInfo",
     "init_distributed",
@@ -47,6 +49,7 @@ __all__ = [
     "all_gather_keys",
     "gather_to_main",
     "barrier",
+    "check_world_size",
     "broadcast_from_main",
     "fail_on_sigterm",
     "grad_norm_value",
@@ -101,6 +104,18 @@ def fail_on_sigterm() -> None:
         raise SystemExit(f"terminated by signal {signum} (another rank of the job failed)")
 
     signal.signal(signal.SIGTERM, _raise)
+
+
+def check_world_size(cfg: Any, world_size: int) -> None:
+    """What a run cannot do at this world size, as a ``ConfigError`` before any model loads."""
+    if world_size <= 1:
+        return
+    if cfg.tasks_per_step < world_size:
+        raise ConfigError(f"tasks_per_step={cfg.tasks_per_step} < world size {world_size}: every "
+                          "rank needs at least one task (a group never splits across ranks)")
+    if cfg.method == "skill-sd":
+        raise ConfigError("skill-sd keeps its skill bank in the store, which rank 0 alone writes: "
+                          "run it at world size 1")
 
 
 def share_bounds(n: int, rank: int, world: int) -> tuple[int, int]:

@@ -43,7 +43,7 @@ import envs
 from agents.backends import make_backend
 from agents.models import resolve_model_dir
 from agents.types import EpisodeGroup
-from trainers.batch import TrainContext, move_batch
+from trainers.batch import TrainContext, move_batch, pad_token_id, padding_batch
 from trainers.checkpoint import (
     TrainerState,
     latest_checkpoint,
@@ -59,6 +59,7 @@ from trainers.distributed import (
     all_reduce_sum,
     barrier,
     broadcast_from_main,
+    check_world_size,
     close_distributed,
     fail_on_sigterm,
     gather_to_main,
@@ -158,11 +159,15 @@ def train_step(
     mbs = batch.micro_batches(cfg.token_budget)
     for i in range(all_reduce_max(len(mbs), ctx.dist)):  # FSDP forwards are collectives:
         padding = i >= len(mbs)  # a rank with fewer micro-batches replays its first at weight 0
-        mb = move_batch(mbs[0 if padding else i], ctx.device)
+        mb = move_batch(mbs[i] if not padding else mbs[0] if mbs else
+                        padding_batch(pad_token_id(ctx.tokenizer), batch.num_tokens, batch.num_seqs), ctx.device)
         if cfg.kl_coef:
             with torch.no_grad(), reference_view(ctx) as ref:
                 mb.ref_logp_BT = policy_logprobs(ref, mb, cfg.temperature).logp_BT
         fwd = policy_logprobs(ctx.model, mb, cfg.temperature)
+        if not mbs:  # no rows here at all: the bare forward (a method's extra forwards are not paired)
+            (fwd.hidden_BTH.sum() * 0.0).backward()
+            continue
         loss, mb_stats = method.loss(ctx, mb, fwd.logp_BT, fwd)
         if padding:
             (loss * 0.0).backward()
@@ -285,7 +290,7 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
     envs.make(cfg.env, **cfg.env_kwargs).close()  # unknown env id: UnknownEnvError, first
     dist_info = init_distributed(cfg.dist_timeout_s)
     if dist_info.enabled:
-        _check_distributed(cfg, dist_info)
+        check_world_size(cfg, dist_info.world_size)
         fail_on_sigterm()
     main = dist_info.is_main
     run_name = cfg.run_name or f"{cfg.method}-{cfg.env.split('/')[-1]}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -381,16 +386,6 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
     if main:
         _finish(cfg, run_dir, rows)
     return TrainResult(run_id=run_id, run_dir=run_dir, final_dir=final_dir, metrics=rows)
-
-
-def _check_distributed(cfg: TrainConfig, info: DistInfo) -> None:
-    """What world size > 1 cannot do (yet), caught before any model loads."""
-    if cfg.tasks_per_step < info.world_size:
-        raise ConfigError(f"tasks_per_step={cfg.tasks_per_step} < world size {info.world_size}: "
-                          "every rank needs at least one task (a group never splits across ranks)")
-    if cfg.method == "skill-sd":
-        raise ConfigError("skill-sd keeps its skill bank in the store, which rank 0 alone writes: "
-                          "run it at world size 1")
 
 
 def barrier_or_fail(info: DistInfo, status: str) -> None:

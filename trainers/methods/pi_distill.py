@@ -167,6 +167,8 @@ class PiDistill(Method):
 
     def advantages(self, ctx: TrainContext, batch: TrainBatch) -> Tensor:
         cfg: PiDistillConfig = self.cfg  # type: ignore[assignment]
+        if "student_logp_BT" not in batch.extras:  # no rows (every episode empty): nothing to weigh
+            return torch.zeros_like(batch.loss_mask_BT)
         adv_B = pi_distill_advantages(batch.adv_B, batch.old_logp_BT, batch.extras["student_logp_BT"],
                                       batch.loss_mask_BT, cfg.pi_beta)
         return adv_B[:, None] * batch.loss_mask_BT
