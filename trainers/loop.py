@@ -41,7 +41,8 @@ from transformers import set_seed
 import envs
 from agents.backends import make_backend
 from agents.models import resolve_model_dir
-from agents.types import EpisodeGroup
+from agents.server import server_options
+from agents.types import EndReason, EpisodeGroup
 from trainers.batch import TrainContext, move_batch
 from trainers.checkpoint import (
     TrainerState,
@@ -167,6 +168,7 @@ def train_step(
         state.policy_version += 1
         ctx.policy_version = state.policy_version
         ctx.backend.update_weights(ctx.model, state.policy_version)
+        stats.update(getattr(ctx.backend, "sync_stats", dict)())  # server backend: sync/pause time
         method.after_step(ctx, state.policy_version - 1, groups)  # optimizer steps, not loop steps
     t_end = time.perf_counter()
 
@@ -192,6 +194,7 @@ def episode_stats(episodes: list[Any]) -> dict[str, float]:
         "turns": float(np.mean([e.num_turns for e in episodes])),
         "sampled_tokens": float(sum(sum(t.loss_mask) for e in episodes for t in e.turns)),
         "episodes": float(len(episodes)),
+        "infra_failures": float(sum(e.end_reason == EndReason.INFRA_ERROR for e in episodes)),
     }
 
 
@@ -221,10 +224,10 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
     model, tokenizer = build_policy(cfg, policy)
     device = _device()
     model.to(device)
-    wants_vllm = cfg.backend == "vllm" or (cfg.backend == "auto" and torch.cuda.is_available())
+    wants_vllm = cfg.backend in ("vllm", "server") or (cfg.backend == "auto" and torch.cuda.is_available())
     model_dir = resolve_model_dir(cfg.model) if wants_vllm and not cfg.model.startswith("tiny") else None
     backend = make_backend(cfg.backend, model=model, tokenizer=tokenizer,
-                           **({"model_dir": model_dir} if model_dir else {}))
+                           **({"model_dir": model_dir} if model_dir else {}), **server_options(cfg))
     store = open_store(cfg)
     run_id = _open_run(store, cfg)
     ctx = TrainContext(cfg=cfg, model=model, tokenizer=tokenizer, backend=backend,
@@ -284,6 +287,8 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
         logger.close()
         store.flush()
         store.set_status(run_id, status)
+        if cfg.backend == "server":
+            backend.close()  # stops the servers sampler_urls=auto started
     _finish(cfg, run_dir, logger.rows)
     return TrainResult(run_id=run_id, run_dir=run_dir, final_dir=final_dir, metrics=logger.rows)
 
