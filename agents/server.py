@@ -341,7 +341,7 @@ class ServerBackend:
     ) -> None:
         if not urls:
             raise ServerError("the server backend needs at least one sampler URL")
-        self.urls = list(urls)
+        self.urls = parse_urls(urls)
         for url in self.urls:
             check_alive(url)
         self.tokenizer = tokenizer
@@ -349,9 +349,9 @@ class ServerBackend:
         self.client = httpx.Client(timeout=httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s)),
                                    limits=httpx.Limits(max_connections=max_concurrency * 2))
         models = self._get(self.urls[0], "/v1/models")["data"]
-        self.base_model = model_name or models[0]["id"]
+        self.base_model = models[0]["id"]
         self.max_model_len = int(models[0].get("max_model_len") or 0) or None
-        self.model_name = self.base_model  # the adapter's name once a LoRA adapter is loaded
+        self.model_name = model_name or self.base_model  # a LoRA adapter's name once one is loaded
         self.transport = transport
         self.fleet = fleet
         self.policy_version = 0
