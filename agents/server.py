@@ -381,7 +381,9 @@ class ServerBackend:
             raise ServerError(f"POST {url}{path} failed: {type(exc).__name__}: {exc}") from None
         if r.status_code != 200:
             raise ServerError(f"POST {url}{path} answered {r.status_code}: {r.text[:300]}", r.status_code)
-        return r.json() if r.content else None
+        if not r.content:
+            return None
+        return r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
 
     # ---------------------------------------------------------------- generation
 

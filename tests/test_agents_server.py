@@ -193,7 +193,7 @@ def test_token_ids_round_trip_and_logprobs_match_the_trainer(sampler, smollm2) -
     import envs
 
     model, tok = smollm2
-    groups = _rollout(sampler, tok)
+    groups = _rollout(sampler, tok, max_tokens=8)
     episodes = [e for g in groups for e in g.episodes]
     for ep in episodes:
         assert ep.end_reason in (EndReason.MAX_TURNS, EndReason.TERMINATED) and ep.num_turns >= 1
@@ -312,9 +312,9 @@ def test_teacher_server_is_checked_and_opd_equals_in_process(fleet, sampler, smo
         other.pre_tokenizer = pre_tokenizers.Whitespace()
         with pytest.raises(TeacherMismatchError, match="different tokenizer"):
             connect_teacher(url, PreTrainedTokenizerFast(tokenizer_object=other), reference=teacher)
-        served = connect_teacher(url, tok, reference=teacher, model_name="teacher-a")
+        served = connect_teacher(url, tok, reference=teacher, model_name="teacher-a", timeout_s=300)
 
-        groups = _rollout(sampler, tok, max_tokens=10)
+        groups = _rollout(sampler, tok, tasks=TASKS[:1], max_turns=1, max_tokens=10)
         twin = copy.deepcopy(groups)
         score_trained_tokens(teacher, groups, tok, temperature=1.0, token_budget=4096)
         score_trained_tokens(served, twin, tok, temperature=1.0, token_budget=4096)
