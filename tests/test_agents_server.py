@@ -95,6 +95,26 @@ def test_dead_url_is_a_one_line_error(tiny) -> None:
         parse_urls("localhost:8000")
 
 
+@pytest.mark.parametrize("args, expected", [
+    (["backend=server"], "sampler_urls: backend=server needs sampler_urls="),
+    (["backend=server", "sampler_urls=http://127.0.0.1:9"], "sampler_urls: vLLM server http://127.0.0.1:9 is not reachable"),
+    (["backend=server", "sampler_urls=auto", "weight_transport=inprocess"], "weight_transport: inprocess is for"),
+    (["sampler_urls=http://127.0.0.1:9"], "need backend=server"),
+    (["teacher=tiny", "teacher_url=http://127.0.0.1:9"], "teacher_url: vLLM server http://127.0.0.1:9 is not reachable"),
+    (["teacher=tiny", "teacher_url=http://127.0.0.1:9", "temperature=0.7"], "teacher_url: a served teacher scores at temperature 1"),
+])
+def test_serving_settings_are_checked_before_load(tmp_path, args, expected) -> None:
+    from trainers.config import ConfigError, parse_config
+    from trainers.methods import get_method
+    from trainers.validate import validate_before_load
+
+    method = "opd" if any(a.startswith("teacher") for a in args) else "grpo"
+    cfg = parse_config(get_method(method).config_cls, [f"output_dir={tmp_path}", f"method={method}", *args])
+    with pytest.raises(ConfigError) as info:
+        validate_before_load(cfg)
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
 def test_no_replica_left_is_recorded_as_infra_failure(fake_server, tiny) -> None:
     """Every request fails: each episode ends EndReason.INFRA_ERROR, is not trained and is left out
     of GRPO's group statistics; nothing hangs."""
@@ -285,7 +305,7 @@ def test_full_weight_update_changes_outputs_and_matches_hf(sampler, smollm2) -> 
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_teacher_server_is_checked_and_opd_equals_in_process(fleet, sampler, smollm2) -> None:
-    """A served teacher (a LoRA adapter on the second server) scores like the same teacher
+    """A served teacher (other full weights on the second server) scores like the same teacher
     in-process: OPD's loss on the same episodes agrees; a disagreeing or foreign server is refused."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -298,27 +318,30 @@ def test_teacher_server_is_checked_and_opd_equals_in_process(fleet, sampler, smo
 
     model, tok = smollm2
     url = fleet.urls[1]
-    teacher = _perturbed_lora(model, seed=1)
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        teacher.save_pretrained(d)
-        sampler.post(url, "/v1/load_lora_adapter", {"lora_name": "teacher-a", "lora_path": d})
-        # log-probs that disagree with the reference: the base model served, the adapter expected
-        with pytest.raises(TeacherMismatchError, match="probe log-probs differ"):
-            connect_teacher(url, tok, reference=teacher)
-        # another tokenizer (a word-level vocabulary): refused before any scoring
-        other = Tokenizer(models.WordLevel({"[UNK]": 0, "the": 1, "room": 2}, unk_token="[UNK]"))
-        other.pre_tokenizer = pre_tokenizers.Whitespace()
-        with pytest.raises(TeacherMismatchError, match="different tokenizer"):
-            connect_teacher(url, PreTrainedTokenizerFast(tokenizer_object=other), reference=teacher)
-        served = connect_teacher(url, tok, reference=teacher, model_name="teacher-a", timeout_s=300)
-
-        groups = _rollout(sampler, tok, tasks=TASKS[:1], max_turns=1, max_tokens=10)
-        twin = copy.deepcopy(groups)
-        score_trained_tokens(teacher, groups, tok, temperature=1.0, token_budget=4096)
-        score_trained_tokens(served, twin, tok, temperature=1.0, token_budget=4096)
-        served.close()
+    teacher = copy.deepcopy(model)  # the teacher: other full weights, pushed to the second server
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.01)
+    # log-probs that disagree with the reference: the server still holds the base weights
+    with pytest.raises(TeacherMismatchError, match="probe log-probs differ"):
+        connect_teacher(url, tok, reference=teacher)
+    pusher = ServerBackend([url], tok, transport=FilesystemTransport())
+    pusher.update_weights(teacher, 1)
+    pusher.close()
+    # another tokenizer (a word-level vocabulary): refused before any scoring
+    other = Tokenizer(models.WordLevel({"[UNK]": 0, "the": 1, "room": 2}, unk_token="[UNK]"))
+    other.pre_tokenizer = pre_tokenizers.Whitespace()
+    with pytest.raises(TeacherMismatchError, match="different tokenizer"):
+        connect_teacher(url, PreTrainedTokenizerFast(tokenizer_object=other), reference=teacher)
+    t0 = time.perf_counter()
+    served = connect_teacher(url, tok, reference=teacher)
+    print(f"teacher server checks passed in {time.perf_counter() - t0:.1f} s")
+    groups = _rollout(sampler, tok, tasks=TASKS[:1], max_turns=1, max_tokens=10)
+    twin = copy.deepcopy(groups)
+    score_trained_tokens(teacher, groups, tok, temperature=1.0, token_budget=4096)
+    score_trained_tokens(served, twin, tok, temperature=1.0, token_budget=4096)
+    served.close()
     cfg = OPDConfig(teacher="x", model="smollm2-135m-instruct")
     losses = []
     for gs in (groups, twin):
