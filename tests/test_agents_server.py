@@ -359,6 +359,26 @@ def test_teacher_server_is_checked_and_opd_equals_in_process(fleet, sampler, smo
 
 @pytest.mark.vllm
 @pytest.mark.slow
+def test_training_step_with_the_server_backend(fleet, tmp_path) -> None:
+    """One GRPO LoRA step of the real loop sampling from a server: the adapter is hot-loaded after
+    the step and the step logs its sync and pause time."""
+    from trainers.config import parse_config
+    from trainers.loop import train
+    from trainers.methods import get_method
+
+    cfg = parse_config(get_method("grpo").config_cls, [
+        "method=grpo", "model=smollm2-135m-instruct", "steps=1", "tasks_per_step=1", "group_size=2",
+        "max_turns=1", "max_new_tokens=8", "checkpoint_every=0", "progress=false",
+        f"output_dir={tmp_path}", "backend=server", f"sampler_urls={fleet.urls[0]}"])
+    last = train(cfg).last
+    print(f"server-backed GRPO step: {last['time_step_s']:.1f} s, weight sync {last['weight_sync_s']:.2f} s, "
+          f"paused {last['weight_pause_s']:.2f} s")
+    assert last["infra_failures"] == 0 and last["episodes"] == 2
+    assert 0 < last["weight_pause_s"] <= last["weight_sync_s"]
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
 def test_replica_killed_mid_rollout_every_episode_accounted(fleet, smollm2) -> None:
     """Two replicas; the second is SIGKILLed while a rollout runs. The rollout finishes, the
     killed replica's requests are retried on the other one, every episode is trained or an infra
