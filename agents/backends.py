@@ -582,7 +582,7 @@ def make_backend(
 
         urls = kwargs.pop("urls", "")
         replicas = int(kwargs.pop("replicas", 1))
-        transport = make_transport(kwargs.pop("transport", "auto"), lora=hasattr(model, "peft_config"))
+        transport = make_transport(kwargs.pop("transport", "auto"))
         fleet = None
         if urls == "auto":
             if model_dir is None:

@@ -158,8 +158,9 @@ class NativeTransport:
         return time.perf_counter() - t0
 
 
-def make_transport(kind: str, *, lora: bool, root: str | Path | None = None, **kwargs: Any) -> WeightTransport:
-    """``auto`` = filesystem (LoRA hot-load, or full reload) for servers; ``native`` on request."""
+def make_transport(kind: str, *, root: str | Path | None = None, **kwargs: Any) -> WeightTransport:
+    """``auto`` = filesystem (LoRA hot-load for a PEFT policy, else a full reload) for servers;
+    ``native`` on request (``kwargs`` go to :class:`NativeTransport`)."""
     if kind not in TRANSPORTS:
         raise BackendError(f"unknown weight_transport {kind!r}; expected one of {TRANSPORTS}")
     if kind in ("auto", "filesystem"):
