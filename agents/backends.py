@@ -49,6 +49,8 @@ __all__ = [
 ]
 
 FINISH_REASONS = ("stop", "length", "empty")
+INFRA_ERROR = "infra_error"
+"""``finish_reason`` of a request no server replica answered (``agents.server``): no tokens."""
 
 
 @dataclass
@@ -573,7 +575,13 @@ def make_backend(
     model_dir: str | Path | None = None,
     **kwargs: Any,
 ) -> GenerationBackend:
-    """Build a backend: ``"hf"``, ``"vllm"`` or ``"auto"`` (vLLM on CUDA when importable, else HF)."""
+    """Build a backend: ``"hf"``, ``"vllm"``, ``"server"`` or ``"auto"`` (vLLM on CUDA when
+    importable, else HF).
+
+    ``"server"`` takes ``urls=`` (a comma list, or ``"auto"``: start ``replicas=`` servers of
+    ``model_dir`` here), ``transport=`` (``agents.weights``: ``auto``/``filesystem``/``native``),
+    ``timeout_s=``; see :class:`agents.server.ServerBackend`.
+    """
     if kind == "auto":
         kind = "vllm" if torch.cuda.is_available() and _vllm_importable() and model_dir else "hf"
     if kind == "hf":
@@ -584,4 +592,20 @@ def make_backend(
         if model_dir is None:
             raise BackendError("the vllm backend needs model_dir= (a local HF directory)")
         return VLLMBackend(model_dir, **kwargs)
-    raise BackendError(f"unknown backend kind {kind!r}; expected 'auto', 'hf' or 'vllm'")
+    if kind == "server":
+        from agents.server import ServerBackend, ServerFleet, parse_urls
+        from agents.weights import make_transport
+
+        urls = kwargs.pop("urls", "")
+        replicas = int(kwargs.pop("replicas", 1))
+        transport = make_transport(kwargs.pop("transport", "auto"))
+        fleet = None
+        if urls == "auto":
+            if model_dir is None:
+                raise BackendError("sampler_urls=auto needs a local model directory to serve")
+            fleet = ServerFleet(str(model_dir), replicas=replicas).start()
+            urls = fleet.urls
+        if not parse_urls(urls):
+            raise BackendError("backend=server needs sampler_urls=<url,url,...> or sampler_urls=auto")
+        return ServerBackend(parse_urls(urls), tokenizer, transport=transport, fleet=fleet, **kwargs)
+    raise BackendError(f"unknown backend kind {kind!r}; expected 'auto', 'hf', 'vllm' or 'server'")

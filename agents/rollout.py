@@ -13,7 +13,8 @@ One trajectory, top to bottom (see ``agents/types.py`` for the token layout)::
 Model failures end up as data: a bad reply is ``action_valid=False``; a prompt that no longer
 fits (``len(prompt) + max_tokens > max_context_tokens``) ends the episode with
 ``EndReason.CONTEXT_OVERFLOW``; an env exception with ``EndReason.ENV_ERROR`` and the message in
-``episode.info["error"]``. The rest of the batch continues. Text that no store can hold (unpaired
+``episode.info["error"]``; a turn no sampler replica could answer (``finish_reason="infra_error"``
+from the server backend) with ``EndReason.INFRA_ERROR``. The rest of the batch continues. Text that no store can hold (unpaired
 surrogates, NUL) is replaced where it enters -- the model's text, an observation, privileged text,
 an error -- and counted in ``info["unstorable_chars"]`` (:mod:`agents.text_safety`).
 """
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.backends import Completion, GenerationBackend, SamplingParams
+from agents.backends import INFRA_ERROR, Completion, GenerationBackend, SamplingParams
 from agents.errors import BackendError
 from agents.renderers import Renderer, check_extends, strip_span
 from agents.text_safety import record_text, storable
@@ -82,6 +83,7 @@ class RolloutStats:
     generated_tokens: int = 0
     turns: int = 0
     episodes: int = 0
+    infra_failures: int = 0  # episodes ended by EndReason.INFRA_ERROR
 
     @property
     def env_share(self) -> float:
@@ -338,6 +340,11 @@ def collect_groups(
             raise BackendError(f"backend returned {len(completions)} completions for {len(batch)} prompts")
         stats.generate_calls += 1
         for (slot, privileged), completion in zip(batch, completions):
+            if completion.finish_reason == INFRA_ERROR:  # no replica answered: not the policy's fault
+                _end(slot, EndReason.INFRA_ERROR, error="no sampler replica answered",
+                     error_stage=f"turn {len(slot.episode.turns)}")
+                stats.infra_failures += 1
+                continue
             stats.generated_tokens += len(completion.token_ids)
             stats.turns += 1
             _step_slot(slot, _make_turn(slot, completion, version, privileged), cfg, max_student_turns, stats)

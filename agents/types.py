@@ -33,7 +33,10 @@ class EndReason:
     CONTEXT_OVERFLOW = "context_overflow"  # the next prompt would not fit in the context window
     ENV_ERROR = "env_error"  # the env raised: recorded with the message in Episode.info
     CURRICULUM = "curriculum"  # a curriculum (TCOD F2B) cut the episode for training
-    ALL = (TERMINATED, TRUNCATED, MAX_TURNS, CONTEXT_OVERFLOW, ENV_ERROR, CURRICULUM)
+    # no sampler replica answered (died / timed out): not the policy's failure, never trained on,
+    # left out of GRPO's group statistics; the message is in Episode.info["error"]
+    INFRA_ERROR = "infra_error"
+    ALL = (TERMINATED, TRUNCATED, MAX_TURNS, CONTEXT_OVERFLOW, ENV_ERROR, CURRICULUM, INFRA_ERROR)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Rollout throughput: batched HF vs vLLM vs a naive one-episode-at-a-time HF loop (prints JSON).
+"""Rollout throughput: batched HF vs vLLM vs vLLM servers vs a naive one-episode HF loop (prints JSON).
 
 The same household episodes (tasks ``train-000000..``, ``group_size`` episodes per task, one env
 seed) are played by the bundled SmolLM2-135M-Instruct with each backend::
@@ -6,10 +6,13 @@ seed) are played by the bundled SmolLM2-135M-Instruct with each backend::
     python bench/rollout.py                      # 32 episodes, 4 turns, 24 tokens per reply
     python bench/rollout.py --quick              # 8 episodes, 2 turns (a smoke run)
     python bench/rollout.py --backends hf,naive  # skip vLLM
+    python bench/rollout.py --backends hf,server1,server2   # + vLLM servers, 1 and 2 replicas
 
 "naive" is what a plain loop does: one episode at a time, batch size 1, and the whole prompt
 prefilled again every turn (no KV reuse across turns). "hf" is ``HFBackend``: all episodes in one
-batch and its prefix cache (each turn prefills only the new observation tokens).
+batch and its prefix cache (each turn prefills only the new observation tokens). "serverN" is
+``ServerBackend`` over N ``api_server`` processes started here (``ServerFleet``; start time
+reported, not counted), episodes routed to their replica.
 
 Reported per backend: wall time, tokens/s (generated tokens), episodes/min and the env's share of
 the rollout time; plus the batched/naive speed-up (target >= 4x) on this machine.
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--max-turns", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=24)
-    parser.add_argument("--backends", default="hf,vllm,naive", help="comma list of hf, vllm, naive")
+    parser.add_argument("--backends", default="hf,vllm,naive", help="comma list of hf, vllm, naive, server1, server2")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="8 episodes, 2 turns")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
@@ -105,16 +108,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run["engine_start_s"] = round(startup, 1)
             results["runs"].append(run)
             engine.close()
+        elif name.startswith("server") and name[6:].isdigit():
+            from agents.server import ServerBackend, ServerFleet
+
+            with ServerFleet(str(resolve_model_dir("smollm2-135m-instruct")), replicas=int(name[6:])) as fleet:
+                backend = ServerBackend(fleet.urls, tok)
+                run = _run(name, backend, tok, tasks, args, naive=False)
+                run["engine_start_s"] = round(fleet.start_s, 1)
+                backend.close()
+            results["runs"].append(run)
         else:
             parser.error(f"unknown backend {name!r}")
     by_name = {r["backend"]: r for r in results["runs"]}
     if "hf_naive" in by_name:  # the baseline of the same run
         naive = by_name["hf_naive"]
-        for name in ("hf_batched", "vllm"):
+        for name in ("hf_batched", "vllm", "server1", "server2"):
             if name in by_name:
                 key = "batched" if name == "hf_batched" else name
                 for metric in ("tokens_per_s", "episodes_per_min"):
                     results[f"{key}_over_naive_{metric}"] = round(by_name[name][metric] / naive[metric], 2)
+    for name in ("vllm", "server1", "server2"):  # everything against batched HF, same run
+        if name in by_name and "hf_batched" in by_name:
+            results[f"{name}_over_hf_tokens_per_s"] = round(
+                by_name[name]["tokens_per_s"] / by_name["hf_batched"]["tokens_per_s"], 2)
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:

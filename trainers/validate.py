@@ -44,8 +44,42 @@ def validate_before_load(cfg: Any) -> None:
         value = getattr(cfg, name, "")
         if value:
             _check_model(name, str(value))
+    _check_serving(cfg)
     if hasattr(cfg, "store") or hasattr(cfg, "run_name"):
         _check_store_and_run(cfg)
+
+
+def _check_serving(cfg: Any) -> None:
+    """backend=server needs sampler URLs (reachable, or ``auto``) and a server transport;
+    ``teacher_url`` must answer and scores at temperature 1 (server prompt log-probs)."""
+    from agents.server import ServerError, check_alive, parse_urls
+
+    backend, urls = getattr(cfg, "backend", ""), str(getattr(cfg, "sampler_urls", "") or "")
+    transport = getattr(cfg, "weight_transport", "auto")
+    if backend == "server":
+        if not urls:
+            raise ConfigError("sampler_urls: backend=server needs sampler_urls=<url,url,...> or auto")
+        if transport == "inprocess":
+            raise ConfigError("weight_transport: inprocess is for backend=hf|vllm; servers take "
+                              "auto, filesystem or native")
+        if urls != "auto":
+            try:
+                for url in parse_urls(urls):
+                    check_alive(url)
+            except ServerError as exc:
+                raise ConfigError(f"sampler_urls: {exc}") from None
+    elif urls or transport not in ("auto", "inprocess"):
+        raise ConfigError("sampler_urls / weight_transport=filesystem|native need backend=server")
+    teacher_url = str(getattr(cfg, "teacher_url", "") or "")
+    if teacher_url:
+        if getattr(cfg, "temperature", 1.0) != 1.0:
+            raise ConfigError(f"teacher_url: a served teacher scores at temperature 1 (prompt "
+                              f"log-probs); got temperature={cfg.temperature}")
+        try:
+            for url in parse_urls(teacher_url):
+                check_alive(url)
+        except ServerError as exc:
+            raise ConfigError(f"teacher_url: {exc}") from None
 
 
 def _check_env(env_id: str, env_kwargs: dict[str, Any]) -> None:
