@@ -25,7 +25,7 @@ from trainers.validate import validate_before_load
 __all__ = ["main"]
 
 USAGE = """usage: python -m trainers <method> [--config FILE.yaml] [key=value | --key value ...]
-       python -m trainers eval --env ID --model PATH [--split valid_seen] [--episodes N] [--greedy]
+       python -m trainers eval --env ID --model PATH [--split valid_seen,valid_unseen] [--episodes N] [--greedy | samples=K] [resume=true run_name=R]
        python -m trainers <method|eval> --help     (all config fields)
 """
 
@@ -89,8 +89,16 @@ def _run(command: str, rest: list[str]) -> int:
             return 0
         eval_cfg = parse_config(EvalConfig, rest)
         validate_before_load(eval_cfg)
-        report = evaluate_checkpoint(eval_cfg)
-        print(report.table())
+        from tqdm.auto import tqdm
+
+        with tqdm(desc="eval", unit="chunk", dynamic_ncols=True) as bar:
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            reports = evaluate_checkpoint(eval_cfg, on_chunk=progress)
+        for report in reports:
+            print(report.table())
         return 0
 
     from trainers.methods import get_method
