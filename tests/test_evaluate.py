@@ -10,7 +10,13 @@ import pytest
 from agents.types import Episode
 from data import Store
 from trainers.config import ConfigError, parse_config
-from trainers.evaluate import EvalConfig, checkpoint_link, evaluate_checkpoint, report_from_episodes
+from trainers.evaluate import (
+    EvalConfig,
+    baseline_lines,
+    checkpoint_link,
+    evaluate_checkpoint,
+    report_from_episodes,
+)
 from trainers.stats import wilson_interval
 
 
@@ -95,3 +101,7 @@ def test_interrupted_evaluation_resumes_to_the_uninterrupted_result(tmp_path):
     assert store.count_episodes(run.run_id) == 20
     rows = dict(store.steps(run.run_id))
     assert rows[1]["episodes"] == 10 and rows[1]["pass@2"] == resumed[1].pass_at[2]
+    # the same evaluation as its own baseline: delta 0 on both splits, not resolved
+    lines = baseline_lines(store, "whole", resumed)
+    assert len(lines) == 2 and all("delta +0.000" in ln and "not resolved" in ln for ln in lines)
+    assert lines[0].startswith(f"valid_seen: success {whole[0].success} -> {resumed[0].success}")

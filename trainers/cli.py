@@ -99,6 +99,13 @@ def _run(command: str, rest: list[str]) -> int:
             reports = evaluate_checkpoint(eval_cfg, on_chunk=progress)
         for report in reports:
             print(report.table())
+        if eval_cfg.baseline:
+            from trainers.evaluate import baseline_lines
+            from trainers.runtime import open_store
+
+            print(f"before (eval run {eval_cfg.baseline}) -> after (this evaluation):")
+            for line in baseline_lines(open_store(eval_cfg), eval_cfg.baseline, reports):
+                print("  " + line)
         return 0
 
     from trainers.methods import get_method

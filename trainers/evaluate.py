@@ -38,7 +38,7 @@ from trainers.stats import pass_at_k, wilson_interval
 from trainers.train_config import DEFAULT_ENV, DEFAULT_MODEL
 
 __all__ = ["EvalConfig", "EvalReport", "Rate", "evaluate_policy", "evaluate_checkpoint",
-           "report_from_episodes", "checkpoint_link", "eval_splits"]
+           "report_from_episodes", "checkpoint_link", "eval_splits", "baseline_lines"]
 
 SPLIT_NAMES = ("train", "valid_seen", "valid_unseen")
 
@@ -66,6 +66,8 @@ class EvalConfig:
     store: str = field(default="", metadata={"help": "store URL (default: <output_dir>/distillgym.db)"})
     output_dir: str = field(default="runs", metadata={"help": "where the default store lives"})
     run_name: str = field(default="", metadata={"help": "name of the eval run in the store"})
+    baseline: str = field(default="", metadata={
+        "help": "an earlier eval run in the store: print each split's difference to it (two-proportion test)"})
 
     def __post_init__(self) -> None:
         eval_splits(self.split)  # one line naming the bad split
@@ -260,6 +262,8 @@ def evaluate_checkpoint(
     chunks = [plan[i:i + cfg.chunk] for i in range(0, len(plan), cfg.chunk)]
 
     store = open_store(cfg)  # type: ignore[arg-type]
+    if cfg.baseline:
+        store.get_run(cfg.baseline)  # RunNotFound (one line) before any model loads
     name = cfg.run_name or f"eval-{Path(cfg.model).name}-{cfg.split}-{datetime.now():%Y%m%d-%H%M%S}"
     config = {**config_to_dict(cfg), "checkpoint": checkpoint_link(cfg.model, cfg.output_dir)}
     run_id = store.create_run(name, "eval", config, seed=cfg.seed, resume=cfg.resume)
@@ -314,6 +318,29 @@ def evaluate_checkpoint(
         store.flush()
         store.set_status(run_id, status)
     return reports
+
+
+def baseline_lines(store: Any, baseline: str, reports: list[EvalReport]) -> list[str]:
+    """``split: before -> after, Δ [95% CI], p`` for every split both eval runs measured.
+
+    ``before`` is read back from the baseline eval run's per-split metrics rows (``successes``,
+    ``episodes``); the difference is ``trainers.stats.two_proportion`` (Newcombe interval)."""
+    from trainers.stats import two_proportion
+
+    run = store.get_run(baseline)
+    base_splits = eval_splits(str(run.config.get("split", "valid_seen")))
+    rows = dict(store.steps(run.run_id))
+    lines = []
+    for rep in reports:
+        if rep.split not in base_splits or base_splits.index(rep.split) not in rows:
+            continue
+        row = rows[base_splits.index(rep.split)]
+        before = Rate(int(row.get("successes", round(row["success_rate"] * row["episodes"]))), int(row["episodes"]))
+        d = two_proportion(before.successes, before.n, rep.successes, rep.success.n)
+        verdict = "resolved" if d.resolved else "not resolved: the interval includes 0"
+        lines.append(f"{rep.split}: success {before} -> {rep.success}; delta {d.delta:+.3f} "
+                     f"[95% CI {d.ci[0]:+.3f}, {d.ci[1]:+.3f}], p = {d.p_value:.3g} ({verdict})")
+    return lines
 
 
 def _model_dir(model: str) -> str | None:
