@@ -31,7 +31,7 @@ __all__ = ["VowelsEnv", "SumEnv", "vowel_reward", "ENV_IDS", "register"]
 ENV_IDS = ("DistillGym/Vowels-v0", "DistillGym/Sum-v0")
 
 _VOWELS = frozenset("aeiouAEIOU")
-_INT = re.compile(r"-?\d+")
+_INT = re.compile(r"-?\d{1,18}")  # bounded: a 4,000-digit reply must not reach int()
 
 
 def vowel_reward(reply: str) -> float:
@@ -65,6 +65,10 @@ class VowelsEnv(TextEnv):
     def task_type(self) -> str:
         return "vowels"
 
+    @property
+    def instructions(self) -> str:
+        return "Reply with letters that are vowels (a, e, i, o, u); consonants lower the reward."
+
     def expert_action(self) -> str:
         return "aeiou"
 
@@ -78,6 +82,7 @@ class SumEnv(TextEnv):
     """One turn: add two ``difficulty``-digit numbers."""
 
     family = "drill"
+    invalid_feedback = "No number found."
     system_prompt = "You are a calculator. Answer with the number only."
     default_difficulty = 2
     max_episode_steps = 1
@@ -99,7 +104,7 @@ class SumEnv(TextEnv):
     def _act(self, action: str) -> StepOutcome:
         m = _INT.search(action)
         if m is None:
-            return StepOutcome("No number found.", terminated=True, valid=False)
+            return StepOutcome(self.invalid_feedback, valid=False)  # the 1-step horizon ends it
         won = int(m.group()) == self.answer
         return StepOutcome("Correct." if won else f"Wrong: {self.answer}.", reward=float(won),
                            terminated=True, won=won, reward_breakdown={"success": float(won)})
@@ -108,6 +113,10 @@ class SumEnv(TextEnv):
     def parse_action(reply: str) -> str | None:
         m = _INT.search(reply)
         return m.group() if m else None
+
+    @property
+    def instructions(self) -> str:
+        return "Reply with the sum as a whole number; the first number in the reply is read."
 
     @property
     def task_type(self) -> str:
