@@ -132,7 +132,7 @@ class LearnConfig:
     sft_steps: int = _f(8, "SFT steps of the student start (8 demos each)")
     teacher_sft_steps: int = _f(24, "SFT steps of the OPD teacher")
     sft_lr: float = _f(1e-4, "SFT learning rate (full fine-tuning)")
-    steps: int = _f(40, "optimizer steps per method")
+    steps: int = _f(20, "optimizer steps per method")
     lr: float = _f(1e-5, "learning rate of each method")
     finetune: str = _f("full", "parameters to train", ("lora", "full"))
     tasks_per_step: int = _f(8, "tasks per step")
@@ -142,8 +142,12 @@ class LearnConfig:
     max_context_tokens: int = _f(256, "context window")
     eval_split: str = _f("valid_unseen", "held-out split", ("valid_seen", "valid_unseen"))
     eval_episodes: int = _f(128, "greedy evaluation episodes per measurement (start and each end)")
-    curve_every: int = _f(10, "periodic greedy evaluation every N steps (0 = off)")
+    curve_every: int = _f(5, "periodic greedy evaluation every N steps (0 = off)")
     curve_episodes: int = _f(32, "episodes of each periodic evaluation")
+    start_dir: str = _f("", "measure this existing SFT start instead of training one")
+    teacher_dir: str = _f("", "use this existing OPD teacher instead of training one")
+    method_dirs: dict = _f({}, "measure existing run folders instead of training, e.g. {grpo: runs/x}: "
+                               "their final/ and metrics.csv")
     output_dir: str = _f("runs/learn", "runs and the store go here")
     out: str = _f("docs/learn", "results.json and plots go here")
 
@@ -179,7 +183,8 @@ def run_learn(cfg: LearnConfig, command: str) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     sft = ["finetune=full", f"lr={cfg.sft_lr}", "schedule=constant", "tasks_per_step=8", "progress=false"]
-    start = _stage("sft", f"learn-sft-start-s{cfg.seed}", cfg, [*sft, f"steps={cfg.sft_steps}"])
+    start = Path(cfg.start_dir) if cfg.start_dir else _stage(
+        "sft", f"learn-sft-start-s{cfg.seed}", cfg, [*sft, f"steps={cfg.sft_steps}"])
     sft_wall = time.perf_counter() - t0
     before = _evaluate(cfg, start, f"learn-eval-start-s{cfg.seed}")
     result: dict[str, Any] = {
@@ -199,19 +204,27 @@ def run_learn(cfg: LearnConfig, command: str) -> dict[str, Any]:
         extra: dict[str, Any] = {}
         if method in ("opd", "sod", "tcod", "tcod-f2b", "tcod-b2f"):
             if teacher is None:
-                teacher = _stage("sft", f"learn-sft-teacher-s{cfg.seed}", cfg,
-                                 [*sft, f"steps={cfg.teacher_sft_steps}"])
+                teacher = Path(cfg.teacher_dir) if cfg.teacher_dir else _stage(
+                    "sft", f"learn-sft-teacher-s{cfg.seed}", cfg, [*sft, f"steps={cfg.teacher_sft_steps}"])
                 tb = _evaluate(cfg, teacher, f"learn-eval-teacher-s{cfg.seed}")
                 result["teacher"] = {"success": tb.success_rate, "ci": list(tb.success_ci),
                                      "episodes": tb.success.n, "sft_steps": cfg.teacher_sft_steps}
             args.append(f"teacher={teacher}")
-        name = f"learn-{method}-s{cfg.seed}"
+        name = f"learn-{method}-s{cfg.seed}-{cfg.steps}steps"
         t1 = time.perf_counter()
-        final = _stage(method, name, cfg, args)
+        if method in cfg.method_dirs:  # measured, not trained here
+            run_dir = Path(cfg.method_dirs[method])
+            final, name = run_dir / "final", f"learn-{method}-{run_dir.name}"
+            extra["run_dir"] = str(run_dir)
+        else:
+            run_dir = Path(cfg.output_dir) / name
+            final = _stage(method, name, cfg, args)
         train_wall = time.perf_counter() - t1
-        after = _evaluate(cfg, final, f"learn-eval-{method}-s{cfg.seed}")
+        after = _evaluate(cfg, final, f"learn-eval-{name.removeprefix('learn-')}")
         d = two_proportion(before.successes, before.success.n, after.successes, after.success.n)
-        rows = _metrics(Path(cfg.output_dir) / name / "metrics.csv")
+        rows = _metrics(run_dir / "metrics.csv")
+        if method in cfg.method_dirs and rows:
+            train_wall = sum(r["time_step_s"] for r in rows)
         curves[method] = rows
         extra.update(train_wall_s=round(train_wall, 1),
                      step_s_mean=round(_mean(rows, "time_step_s"), 2) if rows else None,
@@ -222,7 +235,7 @@ def run_learn(cfg: LearnConfig, command: str) -> dict[str, Any]:
             "delta_ci": list(d.ci), "p_value": d.p_value, "resolved": d.resolved,
             "episodes": after.success.n, "end_ci": list(after.success_ci),
             "resolvable_gap": resolvable_gap(before.success.n, after.success.n),
-            "steps": cfg.steps, **extra,
+            "steps": len(rows) or cfg.steps, **extra,
         }
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     result["sft_start_wall_s"] = round(sft_wall, 1)
