@@ -1,7 +1,9 @@
 """Method comparison: every trainer on the same tasks, seeds, generated-token budget and evaluation.
 
     python bench/compare.py --preset reduced                  # 1 seed, small budget (< 30 min, 2 cores)
-    python bench/compare.py --preset full                     # 3 seeds, larger budget (a few hours)
+    python bench/compare.py --preset full                     # every method x 3 seeds on Sum-v0 (GPU, ~10 min)
+    python bench/compare.py --preset decide                   # GRPO, OPD, OPSD x 3 seeds on Sum-v0 (CPU, < 90 min)
+    python bench/compare.py --preset long                     # household + calculator, 20k tokens (days on CPU)
     python bench/compare.py --preset reduced methods=grpo,opd envs=DistillGym/Calculator-v0
     python bench/compare.py --help                            # every field (also: no arguments)
 

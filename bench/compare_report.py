@@ -26,6 +26,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench/compare_report.py`
+
+from trainers.stats import resolvable_gap, wilson_interval, z_value  # noqa: E402
+
 __all__ = [
     "RunResult",
     "WarmStart",
@@ -37,6 +41,7 @@ __all__ = [
     "summarize",
     "check_claims",
     "claim_verdict",
+    "resolvable_pts",
     "markdown_report",
     "plot_curves",
     "plot_final",
@@ -107,6 +112,29 @@ class Summary:
     wall_s: float
     mean_kl: float | None
     kl_key: str
+    episodes: int = 0  # evaluation episodes per split and seed
+
+    @property
+    def pooled_n(self) -> int:
+        """Evaluation episodes behind the overall rate: seeds × splits × episodes."""
+        return self.n_seeds * len(SPLITS) * self.episodes
+
+    @property
+    def overall_ci(self) -> tuple[float, float]:
+        """95% Wilson interval of the overall success, its episodes pooled over seeds and splits."""
+        n = self.pooled_n
+        return wilson_interval(round(self.mean["overall"] * n), n) if n else (0.0, 1.0)
+
+
+def resolvable_pts(a: Summary, b: Summary) -> float:
+    """The smallest overall gap (points) between ``a`` and ``b`` whose 95% interval excludes zero
+    with the episodes and seeds they ran: the larger of the episode term
+    ``trainers.stats.resolvable_gap(N_a, N_b)`` (worst case p = 0.5) and the seed-spread term
+    ``z·sqrt(std_a²/n_a + std_b²/n_b)`` (0 with one seed: one seed cannot show its own spread)."""
+    if not a.pooled_n or not b.pooled_n:
+        return 100.0
+    seeds = z_value() * math.sqrt(a.std["overall"] ** 2 / a.n_seeds + b.std["overall"] ** 2 / b.n_seeds)
+    return 100 * max(resolvable_gap(a.pooled_n, b.pooled_n), seeds)
 
 
 @dataclass(frozen=True)
@@ -173,6 +201,7 @@ def summarize(results: list[RunResult]) -> list[Summary]:
         kls = [r.mean_kl for r in ok if r.mean_kl is not None]
         out.append(Summary(
             env=env, method=method, n_seeds=len(ok), n_failed=len(runs) - len(ok), mean=mean, std=std,
+            episodes=episodes,
             se=se, tokens=_mean_std([float(r.tokens) for r in ok])[0],
             steps=_mean_std([float(r.steps) for r in ok])[0],
             wall_s=_mean_std([r.wall_s for r in ok])[0],
@@ -240,9 +269,10 @@ def _short(env: str) -> str:
 
 def summary_table(summaries: list[Summary], warm: list[WarmStart]) -> str:
     """Markdown table: success per split, gain over GRPO, tokens, steps, wall time, mean KL."""
-    lines = ["| env | method | seeds | valid_seen % | valid_unseen % | Δ overall vs grpo (pts) | "
+    lines = ["| env | method | seeds | valid_seen % | valid_unseen % | overall % [95% CI] (episodes) | "
+             "Δ overall vs grpo (pts) | resolvable gap vs grpo (pts) | "
              "tokens generated | steps | train wall (s) | mean KL |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for w in warm:
         for label, succ, steps in (("SFT student start", w.student_success, w.student_steps),
                                    ("SFT teacher", w.teacher_success, w.teacher_steps)):
@@ -250,7 +280,7 @@ def summary_table(summaries: list[Summary], warm: list[WarmStart]) -> str:
                 continue
             lines.append(f"| {_short(w.env)} | *{label}* ({steps} SFT steps) | – | "
                          f"{100 * succ.get('valid_seen', 0):.1f} | "
-                         f"{100 * succ.get('valid_unseen', 0):.1f} | | 0 | | | |")
+                         f"{100 * succ.get('valid_unseen', 0):.1f} | | | | 0 | | | |")
     base = {s.env: s for s in summaries if s.method == BASELINE and s.n_seeds}
     for s in summaries:
         b = base.get(s.env)
@@ -259,10 +289,13 @@ def summary_table(summaries: list[Summary], warm: list[WarmStart]) -> str:
             delta = "(baseline)"
         kl = f"{s.mean_kl:.4f} ({s.kl_key})" if s.mean_kl is not None else "–"
         seeds = f"{s.n_seeds}" + (f" (+{s.n_failed} failed)" if s.n_failed else "")
+        lo, hi = s.overall_ci
+        overall = f"{100 * s.mean['overall']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] ({s.pooled_n})"
+        gap = f"{resolvable_pts(s, b):.1f}" if b and s.n_seeds else ""
         lines.append(
             f"| {_short(s.env)} | {s.method} | {seeds} | "
             f"{_pct(s.mean['valid_seen'], s.std['valid_seen'], s.n_seeds)} | "
-            f"{_pct(s.mean['valid_unseen'], s.std['valid_unseen'], s.n_seeds)} | {delta} | "
+            f"{_pct(s.mean['valid_unseen'], s.std['valid_unseen'], s.n_seeds)} | {overall} | {delta} | {gap} | "
             f"{s.tokens:.0f} | {s.steps:.1f} | {s.wall_s:.0f} | {kl} |")
     return "\n".join(lines)
 
@@ -307,7 +340,9 @@ def markdown_report(results: list[RunResult], warm: list[WarmStart], *, command:
         f"Command: `{command}`", "",
         f"Model `{config.get('model', '?')}`, budget {config.get('gen_token_budget', '?')} generated "
         f"tokens per run, {n_seeds} seed(s), greedy evaluation on {episodes} episodes per split. "
-        "Success rates in %; `±` is the std over seeds (shown from 2 seeds on).", "",
+        "Success rates in %; `±` is the std over seeds (shown from 2 seeds on); the overall interval "
+        "is Wilson's over the episodes pooled across seeds and splits; the resolvable gap is the smallest "
+        "difference from GRPO these episodes and seeds could show (a Δ smaller than it is noise).", "",
         summary_table(summaries, warm), "",
         f"![success vs generated tokens]({image_dir}/curves.png)", "",
         f"![final success]({image_dir}/final.png)", "",
@@ -406,6 +441,7 @@ def write_report(out_dir: Path, results: list[RunResult], warm: list[WarmStart],
              "curves": out_dir / "curves.png", "final": out_dir / "final.png"}
     paths["json"].write_text(json.dumps(payload, indent=1))
     paths["markdown"].write_text(markdown_report(results, warm, command=command, config=config))
+    print(summary_table(summaries, warm), file=sys.stderr)  # the table with its intervals and gaps
     if results:
         plot_curves(results, warm, paths["curves"])
         plot_final(summaries, paths["final"])

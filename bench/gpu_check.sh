@@ -3,10 +3,12 @@
 #   1. tests/test_kernels.py with the Triton kernel on CUDA tensors
 #   2. bench/kernels.py at N=8192, H=4096, V=151936 (bf16) and N=1024: Triton path vs naive PyTorch
 #   3. the bundled model on the GPU: quick-start SFT (fp32), OPD (bf16), OPSD through the Triton JSD
-#   4. trainer/agent tests on CUDA, then the household column of the reduced comparison
+#   4. trainer/agent tests on CUDA, the learning check (bench/learn.py: SFT start -> GRPO / OPD on
+#      Sum-v0, before/after with intervals), then the full comparison (configs/compare/full.yaml,
+#      every method x 3 seeds on Sum-v0, sized for <= 12 min of one H200)
 #
 #   bash bench/gpu_check.sh                 # logs and JSON in runs/gpu-check/
-#   PYTHON=python3 OUT_DIR=/tmp/gc SKIP_COMPARE=1 bash bench/gpu_check.sh
+#   PYTHON=python3 OUT_DIR=/tmp/gc SKIP_COMPARE=1 SKIP_LEARN=1 bash bench/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -35,8 +37,10 @@ step opsd_bf16 "$PY" -m trainers opsd model=smollm2-135m-instruct env=DistillGym
 step runs "$PY" -m data --db "$RUNS/distillgym.db" runs
 step tests_cuda "$PY" -m pytest tests/test_trainers_smoke.py tests/test_agents_backends.py \
   tests/test_agents_scoring.py tests/test_trainers_resume.py -q -p no:cacheprovider --tb=short -rf
+if [ -z "${SKIP_LEARN:-}" ]; then
+  step learn "$PY" bench/learn.py "output_dir=$OUT_DIR/learn" "out=$OUT_DIR/learn"
+fi
 if [ -z "${SKIP_COMPARE:-}" ]; then
-  step compare "$PY" bench/compare.py --preset reduced envs=DistillGym/Household-Easy-v0 \
-    "output_dir=$OUT_DIR/compare" progress=false
+  step compare "$PY" bench/compare.py --preset full "output_dir=$OUT_DIR/compare" progress=false
 fi
 exit $status

@@ -69,7 +69,7 @@ importlib.import_module("envs.household").register()
 # exists but fails to import must not take the others down: the failure is warned about, kept in
 # IMPORT_FAILURES (tests/test_envs_api.py asserts it is empty) and named by UnknownEnvError.
 IMPORT_FAILURES: dict[str, str] = {}
-for _name in ("envs.tooluse", "envs.clinical", "envs.sokoban"):
+for _name in ("envs.tooluse", "envs.clinical", "envs.sokoban", "envs.drills"):
     if importlib.util.find_spec(_name) is None:
         continue
     try:

@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
-# The README's main job: a short CPU training run with the bundled SmolLM2-135M on the default
-# household env, recorded in the SQLite store (runs/distillgym.db).
-#   1. SFT warm start on the household expert's demonstrations (this is also the OPD teacher).
-#   2. On-policy distillation (OPD) of the base model from that teacher, LoRA on the student.
-# Then it prints the runs table. Extra arguments (key=value) go to both training commands.
+# The README's main job: a short CPU training run with the bundled SmolLM2-135M, recorded in the
+# SQLite store (runs/distillgym.db).
+#   1. SFT on the household expert's demonstrations, with a greedy evaluation on valid_seen.
+#   2. RL that visibly learns: a short SFT start on DistillGym/Sum-v0 (two-digit addition), then
+#      GRPO from it; the start and the end are evaluated greedily on the same 128 held-out tasks
+#      and the summary prints success before -> after with 95% intervals (trainers eval baseline=).
+# Then it prints the runs table. Extra arguments (key=value) go to every training command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-PY=.venv/bin/python
+PY=${PYTHON:-.venv/bin/python}
 STAMP=$(date +%Y%m%d-%H%M%S)
 SFT="quickstart-sft-$STAMP"
-OPD="quickstart-opd-$STAMP"
-echo "== 1/2 SFT warm start: $SFT"
+SUM="quickstart-sum-sft-$STAMP"
+GRPO="quickstart-grpo-$STAMP"
+EVAL=(--env DistillGym/Sum-v0 --split valid_unseen --episodes 128 --greedy max_turns=1 max_new_tokens=8
+      max_context_tokens=256)
+echo "== 1/2 SFT on household demonstrations: $SFT"
 $PY -m trainers sft --config configs/quickstart.yaml "run_name=$SFT" "$@"
-echo "== 2/2 OPD from the SFT teacher: $OPD"
-$PY -m trainers opd --config configs/quickstart_opd.yaml "run_name=$OPD" "teacher=runs/$SFT/final" "$@"
+echo "== 2/2 GRPO that learns, on Sum-v0: SFT start $SUM, then $GRPO"
+$PY -m trainers sft --config configs/quickstart_sum.yaml "run_name=$SUM" "$@"
+$PY -m trainers eval "${EVAL[@]}" --model "runs/$SUM/final" "run_name=$SUM-eval"
+$PY -m trainers grpo --config configs/quickstart_grpo.yaml "run_name=$GRPO" "model=runs/$SUM/final" "$@"
+echo "== before -> after (greedy, the same 128 held-out tasks)"
+$PY -m trainers eval "${EVAL[@]}" --model "runs/$GRPO/final" "run_name=$GRPO-eval" "baseline=$SUM-eval"
+echo "learning curve: runs/$GRPO/learning_curve.png"
 echo "== runs in the store (python -m data runs)"
 $PY -m data runs
-echo "inspect an episode: $PY -m data show $OPD --episode 0 --logratio"
+echo "inspect an episode: $PY -m data show $GRPO --episode 0"

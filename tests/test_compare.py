@@ -241,3 +241,24 @@ def test_report_refuses_unreadable_results_with_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith(f"error: {tmp_path / name}: {why}") and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_table_prints_intervals_and_resolvable_gaps():
+    """Overall Wilson interval over pooled episodes; the gap vs GRPO from episodes or seed spread."""
+    from bench.compare_report import resolvable_pts, summary_table
+    from trainers.stats import resolvable_gap, wilson_interval
+
+    runs = [_run("grpo", s, v, v) for s, v in enumerate((0.2, 0.4, 0.6))]
+    runs += [_run("sod", s, 0.5, 0.5) for s in range(3)]
+    grpo, sod = summarize(runs)
+    n = grpo.pooled_n
+    assert n == 3 * 2 * grpo.episodes
+    assert grpo.overall_ci == wilson_interval(round(0.4 * n), n)
+    # grpo's seed spread (std 0.2 over 3 seeds) dominates: 1.96·sqrt(0.04/3 + 0) = 0.2263
+    assert resolvable_pts(sod, grpo) == pytest.approx(100 * 1.959964 * math.sqrt(0.04 / 3), abs=1e-3)
+    flat = [_run("grpo", s, 0.5, 0.5) for s in range(3)] + [_run("sod", s, 0.5, 0.5) for s in range(3)]
+    a, b = summarize(flat)  # no spread: the episode term alone
+    assert resolvable_pts(b, a) == pytest.approx(100 * resolvable_gap(a.pooled_n, b.pooled_n))
+    table = summary_table([grpo, sod], [])
+    lo, hi = grpo.overall_ci
+    assert f"40.0 [{100 * lo:.1f}, {100 * hi:.1f}] ({n})" in table and "resolvable gap" in table

@@ -74,6 +74,6 @@ def test_tiny_lora_run_is_evaluable(tmp_path):
                                     "progress=false", "checkpoint_every=0", f"output_dir={tmp_path}",
                                     "run_name=tiny-lora", "method=grpo", "finetune=lora"])
     final = train(cfg).final_dir
-    report = evaluate_checkpoint(EvalConfig(model=str(final), episodes=2, max_turns=1, max_new_tokens=4,
-                                            output_dir=str(tmp_path), max_context_tokens=1024))
+    [report] = evaluate_checkpoint(EvalConfig(model=str(final), episodes=2, max_turns=1, max_new_tokens=4,
+                                              output_dir=str(tmp_path), max_context_tokens=1024))
     assert len(report.episodes) == 2 and 0.0 <= report.success_rate <= 1.0

@@ -22,7 +22,7 @@ from envs import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_IDS = envs.list_envs()
-FAMILIES = {"household", "tool", "clinical"}
+FAMILIES = {"household", "tool", "clinical", "drill"}
 PRIV_KEYS = {"answer", "plan", "next_action", "subgoals", "state_facts", "rubric", "hint", "hints"}
 
 

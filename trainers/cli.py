@@ -26,7 +26,7 @@ from trainers.validate import validate_before_load
 __all__ = ["main"]
 
 USAGE = """usage: python -m trainers <method> [--config FILE.yaml] [key=value | --key value ...]
-       python -m trainers eval --env ID --model PATH [--split valid_seen] [--episodes N] [--greedy]
+       python -m trainers eval --env ID --model PATH [--split valid_seen,valid_unseen] [--episodes N] [--greedy | samples=K] [resume=true run_name=R]
        python -m trainers <method|eval> --help     (all config fields)
 """
 
@@ -129,8 +129,23 @@ def _run(command: str, rest: list[str]) -> int:
             return 0
         eval_cfg = parse_config(EvalConfig, rest)
         validate_before_load(eval_cfg)
-        report = evaluate_checkpoint(eval_cfg)
-        print(report.table())
+        from tqdm.auto import tqdm
+
+        with tqdm(desc="eval", unit="chunk", dynamic_ncols=True) as bar:
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            reports = evaluate_checkpoint(eval_cfg, on_chunk=progress)
+        for report in reports:
+            print(report.table())
+        if eval_cfg.baseline:
+            from trainers.evaluate import baseline_lines
+            from trainers.runtime import open_store
+
+            print(f"before (eval run {eval_cfg.baseline}) -> after (this evaluation):")
+            for line in baseline_lines(open_store(eval_cfg), eval_cfg.baseline, reports):
+                print("  " + line)
         return 0
 
     from trainers.methods import get_method

@@ -120,8 +120,9 @@ def _keyword_names(creator: Any) -> set[str] | None:
 def _check_split(name: str, split: str) -> None:
     from envs.base import SPLITS
 
-    if split not in SPLITS:
-        raise ConfigError(f"{name}: unknown split {split!r}; choose one of {list(SPLITS)}")
+    for part in split.split(",") if name == "split" else [split]:  # eval takes a comma list
+        if part.strip() not in SPLITS:
+            raise ConfigError(f"{name}: unknown split {part!r}; choose one of {list(SPLITS)}")
 
 
 def _check_model(name: str, value: str) -> None:
