@@ -100,11 +100,15 @@ def test_world_size_2_step_equals_world_size_1_lora(straight, tmp_path):
 @pytest.mark.slow
 def test_world_size_2_step_equals_world_size_1_full_finetune(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    _train(one, "steps=1", "run_name=f", "finetune=full")
-    _train(two, "steps=1", "run_name=f", "finetune=full", nproc=2)
+    sampled_eval = ("eval_every=1", "eval_episodes=5", "eval_greedy=false")  # sharded over the ranks
+    _train(one, "steps=1", "run_name=f", "finetune=full", *sampled_eval)
+    _train(two, "steps=1", "run_name=f", "finetune=full", *sampled_eval, nproc=2)
     m1, m2 = _metrics(one / "f")[0], _metrics(two / "f")[0]
     for key in COMPARED:
         assert m2[key] == pytest.approx(m1[key], rel=1e-5, abs=1e-7), key
+    assert m2["eval/episodes"] == m1["eval/episodes"] == 5
+    for key in ("eval/reward", "eval/turns", "eval/success_rate"):  # the same sampled eval episodes
+        assert m2[key] == pytest.approx(m1[key], rel=1e-6), key
     assert _actions(two, "f") == _actions(one, "f")
     assert _max_diff(_weights(two / "f" / "final"), _weights(one / "f" / "final")) <= 0.2 * LR
 

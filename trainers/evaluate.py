@@ -38,7 +38,7 @@ from trainers.stats import pass_at_k, wilson_interval
 from trainers.train_config import DEFAULT_ENV, DEFAULT_MODEL
 
 __all__ = ["EvalConfig", "EvalReport", "Rate", "evaluate_policy", "evaluate_checkpoint",
-           "report_from_episodes", "checkpoint_link", "eval_splits", "baseline_lines"]
+           "report_from_episodes", "split_task_ids", "checkpoint_link", "eval_splits", "baseline_lines"]
 
 SPLIT_NAMES = ("train", "valid_seen", "valid_unseen")
 
@@ -182,7 +182,8 @@ def report_from_episodes(split: str, episodes: list[Episode], samples: int = 1) 
     )
 
 
-def _task_ids(env_id: str, split: str, n: int, env_kwargs: dict[str, Any] | None) -> list[str]:
+def split_task_ids(env_id: str, split: str, n: int, env_kwargs: dict[str, Any] | None) -> list[str]:
+    """The first ``n`` task ids of ``split`` (the evaluation order)."""
     env = envs.make(env_id, **(env_kwargs or {}))
     try:
         base: Any = env.unwrapped
@@ -207,15 +208,21 @@ def evaluate_policy(
     env_kwargs: dict[str, Any] | None = None,
     samples: int = 1,
     task_ids: list[str] | None = None,
+    task_index_offset: int = 0,
 ) -> EvalReport:
-    """Play the first ``episodes`` tasks of ``split`` (or ``task_ids``) ``samples`` times each."""
-    tasks = task_ids if task_ids is not None else _task_ids(env_id, split, episodes, env_kwargs)
+    """Play the first ``episodes`` tasks of ``split`` (or ``task_ids``) ``samples`` times each.
+
+    ``task_index_offset``: the index of ``task_ids[0]`` in a longer list shared out over ranks, so
+    that a task's sampling stream is the one it gets when one process plays the whole list.
+    """
+    tasks = task_ids if task_ids is not None else split_task_ids(env_id, split, episodes, env_kwargs)
     sampling = SamplingParams(temperature=0.0 if greedy else temperature,
                               max_tokens=max_new_tokens)  # per-turn seeds derive from `seed`
     cfg = RolloutConfig(group_size=samples, max_turns=max_turns, max_context_tokens=max_context_tokens,
                         sampling=sampling)
     groups = collect_groups(env_id, tasks, backend, renderer_factory, cfg, seed=seed,
-                            policy_version=getattr(backend, "policy_version", 0), env_kwargs=env_kwargs)
+                            policy_version=getattr(backend, "policy_version", 0), env_kwargs=env_kwargs,
+                            task_index_offset=task_index_offset)
     return report_from_episodes(split, [ep for g in groups for ep in g.episodes], samples)
 
 
@@ -258,7 +265,7 @@ def evaluate_checkpoint(
     """
     splits = eval_splits(cfg.split)
     samples = 1 if cfg.greedy else cfg.samples
-    plan = [(split, t) for split in splits for t in _task_ids(cfg.env, split, cfg.episodes, cfg.env_kwargs)]
+    plan = [(split, t) for split in splits for t in split_task_ids(cfg.env, split, cfg.episodes, cfg.env_kwargs)]
     chunks = [plan[i:i + cfg.chunk] for i in range(0, len(plan), cfg.chunk)]
 
     store = open_store(cfg)  # type: ignore[arg-type]

@@ -72,7 +72,7 @@ from trainers.distributed import (
     sync_replica,
 )
 from trainers.errors import TooManyBadStepsError
-from trainers.evaluate import evaluate_policy
+from trainers.evaluate import evaluate_policy, report_from_episodes, split_task_ids
 from trainers.losses import kl_old_k3
 from trainers.methods import Method, get_method
 from trainers.metrics import MetricsLogger
@@ -454,12 +454,21 @@ def _resume(ctx: TrainContext, method: Method, optimizer: Any, scheduler: Any, r
 
 
 def _periodic_eval(ctx: TrainContext) -> dict[str, float]:
+    """Greedy (or sampled) evaluation of the current policy; at world size > 1 each rank plays its
+    share of the tasks with the same per-task streams and rank 0 reports the gathered episodes."""
     cfg = ctx.cfg
+    tasks = split_task_ids(cfg.env, cfg.eval_split, cfg.eval_episodes, cfg.env_kwargs)
+    lo, hi = share_bounds(len(tasks), ctx.dist.rank, ctx.dist.world_size)
     report = evaluate_policy(ctx.backend, ctx.renderer_factory, cfg.env, split=cfg.eval_split,
-                             episodes=cfg.eval_episodes, greedy=cfg.eval_greedy, seed=cfg.seed,
-                             max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
-                             max_context_tokens=cfg.max_context_tokens, env_kwargs=cfg.env_kwargs,
-                             temperature=cfg.temperature)
+                             greedy=cfg.eval_greedy, seed=cfg.seed, max_turns=cfg.max_turns,
+                             max_new_tokens=cfg.max_new_tokens, max_context_tokens=cfg.max_context_tokens,
+                             env_kwargs=cfg.env_kwargs, temperature=cfg.temperature,
+                             task_ids=tasks[lo:hi], task_index_offset=lo)
+    if ctx.dist.enabled:
+        shares = gather_to_main(report.episodes, ctx.dist)
+        if shares is None:
+            return {}
+        report = report_from_episodes(cfg.eval_split, [ep for share in shares for ep in share])
     return {f"eval/{k}": v for k, v in report.flat().items()}
 
 
