@@ -114,6 +114,18 @@ def test_world_size_2_step_equals_world_size_1_full_finetune(tmp_path):
 
 
 @pytest.mark.slow
+def test_bfloat16_mixed_precision_trains_close_to_float32(straight, tmp_path):
+    """FSDP2's MixedPrecisionPolicy computes in bf16 (the fp32 replica sampled, so the trainer's
+    recomputed log-probs now differ from the sampler's: kl_old > 0) and the step stays close."""
+    _train(tmp_path, "steps=1", "run_name=a", "fsdp_mixed_precision=bfloat16", nproc=2)
+    one, mp = _metrics(straight / "a")[0], _metrics(tmp_path / "a")[0]
+    assert abs(one["kl_old"]) < 1e-8 < mp["kl_old"]
+    for key in ("loss", "kl_teacher", "entropy"):
+        assert mp[key] == pytest.approx(one[key], rel=0.05), key
+    assert _actions(tmp_path, "a") == _actions(straight, "a")[:6]  # sampling stays fp32
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("first,then", [(1, 2), (2, 1)])
 def test_resume_at_another_world_size_matches_the_uninterrupted_run(straight, tmp_path, first, then):
     _train(tmp_path, "steps=1", "run_name=a", nproc=first)
