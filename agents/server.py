@@ -429,7 +429,10 @@ class ServerBackend:
         if any(len(p) == 0 for p in prompts):
             raise BackendError("empty prompt: every prompt needs at least one token")
         with self.lock:
-            seeds = [None if params.seed is None else int(params.seed) + i for i in range(len(prompts))]
+            if params.row_seeds and len(params.row_seeds) != len(prompts):
+                raise BackendError(f"{len(params.row_seeds)} row seeds for {len(prompts)} prompts")
+            seeds = list(params.row_seeds) if params.row_seeds else [  # one stream per episode
+                None if params.seed is None else int(params.seed) + i for i in range(len(prompts))]
             futures = [self.pool.submit(self._one, p, params, s) for p, s in zip(prompts, seeds)]
             return [f.result() for f in futures]
 

@@ -138,6 +138,29 @@ def test_no_replica_left_is_recorded_as_infra_failure(fake_server, tiny) -> None
     backend.close()
 
 
+def test_each_prompt_is_sent_with_its_episode_stream_seed(fake_server, tiny) -> None:
+    """``SamplingParams.row_seeds`` reach the server one per prompt (an episode's draws do not
+    depend on the batch it shares), else ``seed + i``."""
+    url, handler = fake_server
+    handler.fail_completions = True  # the requests are recorded; their answers do not matter here
+    _, tok = tiny
+    backend = ServerBackend([url], tok, timeout_s=5)
+    prompts = [[1, 2], [3, 4], [5, 6]]
+
+    def sent_seeds(params: SamplingParams) -> list[int]:
+        handler.calls.clear()
+        backend.router = type(backend.router)(1)  # revive the replica the failures marked dead
+        backend.generate(prompts, params)
+        bodies = [json.loads(c.split(" ", 1)[1]) for c in handler.calls if c.startswith("/v1/completions")]
+        return [b["seed"] for b in sorted(bodies, key=lambda b: b["prompt"])]
+
+    assert sent_seeds(SamplingParams(max_tokens=2, seed=10, row_seeds=(7, 99, 3))) == [7, 99, 3]
+    assert sent_seeds(SamplingParams(max_tokens=2, seed=10)) == [10, 11, 12]
+    with pytest.raises(BackendError, match="row seeds"):
+        backend.generate(prompts, SamplingParams(max_tokens=2, row_seeds=(1,)))
+    backend.close()
+
+
 def test_router_keeps_episodes_on_their_replica_and_balances_new_ones() -> None:
     from agents.server import _Router
 
