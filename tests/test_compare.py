@@ -210,8 +210,8 @@ def test_report_merges_separate_comparisons_and_refuses_overlap(tmp_path, capsys
     assert sorted((r["env"], r["method"]) for r in merged["runs"]) == [("E", "grpo"), ("E", "opd"), ("F", "grpo"), ("F", "opd")]
     assert {w["env"] for w in merged["warm_start"]} == {"E", "F"}
     report = (tmp_path / "m" / "report.md").read_text()
-    assert "| E | opd | 1 | 40.0 | 50.0 | +20.0 |" in report  # each env's delta is to its own grpo
-    assert "| F | opd | 1 | 10.0 | 10.0 | -55.0 |" in report
+    assert "| E | opd | 1 | 40.0 | 50.0 | 45.0 [25.8, 65.8] (20) | +20.0 |" in report  # each env's delta is to its own grpo
+    assert "| F | opd | 1 | 10.0 | 10.0 | 10.0 [2.8, 30.1] (20) | -55.0 |" in report
     assert (tmp_path / "m" / "curves.png").stat().st_size > 0
     assert main([str(a / "results.json"), str(a / "results.json"), "--out", str(tmp_path / "x")]) == 2
     assert "overlap" in capsys.readouterr().err and not (tmp_path / "x").exists()

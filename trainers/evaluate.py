@@ -34,7 +34,7 @@ from agents.rollout import RolloutConfig, collect_groups
 from agents.types import Episode
 from trainers.config import ConfigError, config_to_dict
 from trainers.runtime import load_any_model, open_store, renderer_factory
-from trainers.stats import pass_at_k, wilson_interval
+from trainers.stats import pass_at_k, two_proportion, wilson_interval
 from trainers.train_config import DEFAULT_ENV, DEFAULT_MODEL
 
 __all__ = ["EvalConfig", "EvalReport", "Rate", "evaluate_policy", "evaluate_checkpoint",
@@ -332,7 +332,6 @@ def baseline_lines(store: Any, baseline: str, reports: list[EvalReport]) -> list
 
     ``before`` is read back from the baseline eval run's per-split metrics rows (``successes``,
     ``episodes``); the difference is ``trainers.stats.two_proportion`` (Newcombe interval)."""
-    from trainers.stats import two_proportion
 
     run = store.get_run(baseline)
     base_splits = eval_splits(str(run.config.get("split", "valid_seen")))
