@@ -166,8 +166,8 @@ def train_step(
             with torch.no_grad(), reference_view(ctx) as ref:
                 mb.ref_logp_BT = policy_logprobs(ref, mb, cfg.temperature).logp_BT
         fwd = policy_logprobs(ctx.model, mb, cfg.temperature)
-        if not mbs:  # no rows here at all: the bare forward (a method's extra forwards are not paired)
-            (fwd.hidden_BTH.sum() * 0.0).backward()
+        if not mbs:  # no rows here at all: the method's forwards at weight 0
+            method.padding_loss(ctx, mb, fwd).backward()
             continue
         loss, mb_stats = method.loss(ctx, mb, fwd.logp_BT, fwd)
         if padding:

@@ -151,6 +151,12 @@ class Method:
         """
         return policy_loss(self.cfg, batch, logp_BT)
 
+    def padding_loss(self, ctx: TrainContext, batch: TrainBatch, fwd: PolicyOutput) -> Tensor:
+        """A zero loss for a rank with no rows this step (world size > 1), built from the same
+        sharded forwards ``loss`` runs on the other ranks so that FSDP's collectives pair.
+        Default: the policy forward alone."""
+        return fwd.hidden_BTH.sum() * 0.0
+
     def after_step(self, ctx: TrainContext, step: int, groups: list[EpisodeGroup]) -> None:
         """After the optimizer step and weight sync (EMA, skill bank...). Default: nothing.
 

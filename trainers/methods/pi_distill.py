@@ -29,6 +29,7 @@ from agents.types import Episode, EpisodeGroup
 from trainers.config import ConfigError
 from trainers.config import config_field as _f
 from trainers.losses import aggregate, clipped_surrogate, k3_kl, masked_mean, masked_sum
+from trainers.distributed import DistInfo, all_reduce_max
 from trainers.methods import register_method
 from trainers.methods.base import (
     Method,
@@ -125,7 +126,8 @@ def student_view_ids(episode: Episode) -> tuple[list[int], int, int]:
 
 
 def student_view_logprobs(
-    model: nn.Module, batch: TrainBatch, temperature: float, *, with_grad: bool
+    model: nn.Module, batch: TrainBatch, temperature: float, *, with_grad: bool,
+    dist: DistInfo | None = None,
 ) -> Tensor:
     """``log π_S(x_t | x_<t without I)`` at every trained position of the teacher-view ``batch``.
 
@@ -133,18 +135,25 @@ def student_view_logprobs(
     at teacher-view position ``t`` sits at ``t − n`` in the student view and is predicted by the
     student-view logits row ``t − n − 1`` (only those rows are computed, see ``logits_at``).
     Shapes: ``-> (B, T)`` aligned with ``batch.input_ids_BT``, 0 where the mask is 0.
+
+    One forward per row; with ``dist`` (world size > 1) every rank runs as many as the rank with
+    the most rows, the extra ones on a pad row at weight 0, since sharded forwards are collectives.
     """
     mask_BT = batch.loss_mask_BT
     device = next(model.parameters()).device
     out_BT = torch.zeros(mask_BT.shape, dtype=torch.float32, device=device)
-    for b, episode in enumerate(batch.episodes):
-        t_idx = mask_BT[b].nonzero().squeeze(-1).to(device)
-        if not t_idx.numel():
-            continue
-        ids, _, n = student_view_ids(episode)
+    rows = [(b, mask_BT[b].nonzero().squeeze(-1).to(device)) for b in range(len(batch.episodes))]
+    rows = [(b, t_idx) for b, t_idx in rows if t_idx.numel()]
+    n_pad = all_reduce_max(len(rows), dist) - len(rows) if dist is not None else 0  # before any forward
+    for b, t_idx in rows:
+        ids, _, n = student_view_ids(batch.episodes[b])
         z_RV = logits_at(model, ids, t_idx - n - 1, with_grad=with_grad)
         lp_R = gather_logprobs(z_RV, torch.tensor(ids, device=device)[t_idx - n], temperature)
         out_BT = out_BT.index_put((torch.full_like(t_idx, b), t_idx), lp_R)
+    filler = int(batch.input_ids_BT.flatten()[0]) if batch.input_ids_BT.numel() else 0  # any token
+    for _ in range(n_pad):
+        z_RV = logits_at(model, [filler, filler], torch.zeros(1, dtype=torch.long), with_grad=with_grad)
+        out_BT = out_BT + z_RV.sum() * 0.0
     return out_BT
 
 
@@ -160,9 +169,11 @@ class PiDistill(Method):
 
     def make_batch(self, ctx: TrainContext, groups: list[EpisodeGroup]) -> TrainBatch:
         batch = build_batch(groups, pad_token_id(ctx.tokenizer), std_norm=self.cfg.adv_std_norm)
-        if batch.num_seqs:  # sg log π_S on the sampled tokens, before the update (for the shaping)
-            batch.extras["student_logp_BT"] = student_view_logprobs(
-                ctx.inference_model, batch, self.cfg.temperature, with_grad=False).cpu()
+        # sg log π_S on the sampled tokens, before the update (for the shaping); every rank runs it
+        student_BT = student_view_logprobs(ctx.inference_model, batch, self.cfg.temperature,
+                                           with_grad=False, dist=ctx.dist)
+        if batch.num_seqs:
+            batch.extras["student_logp_BT"] = student_BT.cpu()
         return batch
 
     def advantages(self, ctx: TrainContext, batch: TrainBatch) -> Tensor:
@@ -185,7 +196,8 @@ class PiDistill(Method):
     ) -> tuple[Tensor, dict[str, float]]:
         cfg: PiDistillConfig = self.cfg  # type: ignore[assignment]
         assert batch.advantages_BT is not None
-        student_BT = student_view_logprobs(ctx.model, batch, cfg.temperature, with_grad=True)
+        student_BT = student_view_logprobs(ctx.model, batch, cfg.temperature, with_grad=True,
+                                           dist=ctx.dist)
         loss_BT, clip_t, clip_s = pi_distill_loss(
             logp_BT, batch.old_logp_BT, student_BT.to(logp_BT.device), batch.advantages_BT,
             alpha=cfg.pi_alpha, clip_low=cfg.clip_low, clip_high=cfg.clip_high)
@@ -202,3 +214,8 @@ class PiDistill(Method):
             loss = loss + cfg.kl_coef * kl
             stats["kl_ref"] = float(kl.item())
         return loss, stats
+
+    def padding_loss(self, ctx: TrainContext, batch: TrainBatch, fwd: PolicyOutput) -> Tensor:
+        student_BT = student_view_logprobs(ctx.model, batch, self.cfg.temperature, with_grad=True,
+                                           dist=ctx.dist)
+        return (fwd.hidden_BTH.sum() + student_BT.sum()) * 0.0
