@@ -361,6 +361,7 @@ class ServerBackend:
         self.syncs: list[WeightSync] = []
         self.infra_failures = 0  # requests that no replica could answer
         self.retries = 0  # requests answered by another replica after a failure
+        self._count_lock = threading.Lock()
 
     # ---------------------------------------------------------------- HTTP
 
@@ -396,8 +397,11 @@ class ServerBackend:
         }
 
     def _one(self, prompt: list[int], params: SamplingParams, seed: int | None) -> Completion:
-        replica = self.router.place(prompt)
         body = self._request(prompt, params, seed)
+        try:  # a concurrent request may have marked the last replica dead already
+            replica = self.router.place(prompt)
+        except ServerError:
+            return self._infra_failure()
         while True:
             try:
                 choice = self.post(self.urls[replica], "/v1/completions", body)["choices"][0]
@@ -407,13 +411,18 @@ class ServerBackend:
                     raise  # a bad request is a program error, not a dead replica
                 try:
                     replica = self.router.fail(replica)
-                    self.retries += 1
+                    with self._count_lock:
+                        self.retries += 1
                 except ServerError:
-                    self.infra_failures += 1
-                    return Completion([], [], "", INFRA_ERROR)
+                    return self._infra_failure()
         completion = self._completion(choice)
         self.router.done(prompt + completion.token_ids, replica)
         return completion
+
+    def _infra_failure(self) -> Completion:
+        with self._count_lock:
+            self.infra_failures += 1
+        return Completion([], [], "", INFRA_ERROR)
 
     @staticmethod
     def _completion(choice: dict[str, Any]) -> Completion:
