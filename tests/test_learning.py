@@ -4,9 +4,11 @@ A random-initialised 2-layer ``tiny`` model (49k-token vocabulary) on ``DistillG
 whose shaped reward (vowel fraction of the reply's letters) a random policy already scores ≈ 0.37.
 GRPO trains from the random model; OPD from a short SFT start with a longer-SFT teacher
 (``bench.learn.tiny_check``). Both must raise the mean reward of their last 5 steps above that
-of their first 5 by ``MARGIN``. Spread over seeds 0-4 (``python bench/learn.py --tiny``) is in
-docs/learn/tiny.json; the margin sits below the smallest gain measured there and far above the
-step-to-step noise of a frozen policy (the std of a 5-step mean of 32 episodes ≈ 0.015).
+of their first 5 by ``MARGIN``. The spread over seeds 0-4 (``python bench/learn.py --tiny``,
+docs/learn/tiny.json): GRPO gains +0.18 to +0.62 (seed 0: +0.18), OPD +0.04 to +0.48 (seed 0:
++0.43; seed 2 started at 0.49 and ended at 0.53). Each margin sits below
+seed 0's gain and far above the step-to-step noise of a frozen policy (the std of a 5-step mean
+of 32 episodes ≈ 0.015); OPD's does not hold for every seed, which is why the seed is fixed.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import pytest
 
 from bench.learn import tiny_check
 
-MARGIN = {"grpo": 0.10, "opd": 0.08}
+MARGIN = {"grpo": 0.10, "opd": 0.20}
 
 
 @pytest.mark.parametrize("method", ["grpo", "opd"])
