@@ -18,6 +18,7 @@ __all__ = [
     "ReadOnlyStore",
     "WriterError",
     "CodecError",
+    "LedgerError",
 ]
 
 
@@ -63,3 +64,8 @@ class WriterError(StoreError):
 
 class CodecError(StoreError):
     """A binary token array is malformed (unknown dtype tag or truncated payload)."""
+
+
+class LedgerError(StoreError):
+    """An illegal rollout-ledger operation: a status skipped or repeated, or a step re-planned
+    with other tasks than it was planned with."""

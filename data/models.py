@@ -1,6 +1,7 @@
 """SQLAlchemy 2.x ORM models of the trajectory store (the schema; Alembic migrations create it).
 
-Tables: ``runs`` -> ``training_steps``, ``episodes`` -> ``turns``, ``skills``, ``checkpoints``.
+Tables: ``runs`` -> ``training_steps``, ``episodes`` -> ``turns``, ``skills``, ``checkpoints``,
+``rollout_ledger`` (one row per (run, step, task index): the exactly-once accounting of rollouts).
 Token arrays are ``LargeBinary`` blobs written by :mod:`data.codec` (a dtype tag + raw bytes).
 These classes stay inside the ``data`` package: :mod:`data.store` converts rows to the records of
 ``agents/types.py`` and ``data/types.py`` at its edge.
@@ -27,7 +28,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "RunRow", "StepRow", "EpisodeRow", "TurnRow", "SkillRow", "CheckpointRow"]
+__all__ = [
+    "Base",
+    "RunRow",
+    "StepRow",
+    "EpisodeRow",
+    "TurnRow",
+    "SkillRow",
+    "CheckpointRow",
+    "LedgerRow",
+]
 
 
 def utcnow() -> datetime:
@@ -143,3 +153,22 @@ class CheckpointRow(Base):
     data_cursor: Mapped[dict[str, Any]] = mapped_column(JSON)
     policy_version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LedgerRow(Base):
+    """Where one task of one step stands: pending -> sampling -> scored -> trained."""
+
+    __tablename__ = "rollout_ledger"
+    __table_args__ = (
+        UniqueConstraint("run_id", "step", "task_index", name="uq_rollout_ledger_run_step_task"),
+        Index("ix_rollout_ledger_run_status", "run_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    task_index: Mapped[int] = mapped_column(Integer)
+    task_id: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    policy_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -63,6 +63,7 @@ from data.engine import (
 from data.errors import (
     CorruptDatabase,
     EpisodeNotFound,
+    LedgerError,
     ReadOnlyStore,
     RunExistsError,
     RunNotFound,
@@ -70,8 +71,24 @@ from data.errors import (
     StoreBusy,
     StoreError,
 )
-from data.models import CheckpointRow, EpisodeRow, RunRow, SkillRow, StepRow, TurnRow
-from data.types import CheckpointRecord, RunRecord, RunStatus, RunSummary, SkillRecord
+from data.models import (
+    CheckpointRow,
+    EpisodeRow,
+    LedgerRow,
+    RunRow,
+    SkillRow,
+    StepRow,
+    TurnRow,
+)
+from data.types import (
+    CheckpointRecord,
+    LedgerEntry,
+    LedgerStatus,
+    RunRecord,
+    RunStatus,
+    RunSummary,
+    SkillRecord,
+)
 from data.writer import BackgroundWriter, WriteJob
 
 __all__ = ["Store", "DEFAULT_DB", "default_db"]
@@ -85,6 +102,7 @@ EPISODES: Table = EpisodeRow.__table__  # type: ignore[assignment]
 TURNS: Table = TurnRow.__table__  # type: ignore[assignment]
 SKILLS: Table = SkillRow.__table__  # type: ignore[assignment]
 CHECKPOINTS: Table = CheckpointRow.__table__  # type: ignore[assignment]
+LEDGER: Table = LedgerRow.__table__  # type: ignore[assignment]
 _READ_CHUNK = 256  # episodes fetched per query while iterating
 _OPEN_STORES: weakref.WeakSet[Store] = weakref.WeakSet()
 
@@ -362,7 +380,7 @@ class Store:
 
         try:
             with self._read_engine.connect() as conn:
-                for table in (RUNS, STEPS, EPISODES, TURNS, SKILLS, CHECKPOINTS):
+                for table in (RUNS, STEPS, EPISODES, TURNS, SKILLS, CHECKPOINTS, LEDGER):
                     for col in table.columns:
                         if not isinstance(col.type, JSON) or conn.dialect.name != "sqlite":
                             continue
@@ -578,7 +596,8 @@ class Store:
             )
 
     def delete_episodes_after(self, run_id: int, step: int) -> int:
-        """Delete what a killed run wrote after ``step`` (episodes, steps, skills, checkpoints).
+        """Delete what a killed run wrote after ``step`` (episodes, steps, skills, checkpoints)
+        and send the ledger rows of those steps back to ``pending``.
 
         Call it on resume with the checkpoint's step so nothing is duplicated. Skill usage counts
         updated after ``step`` are not rolled back. Returns the number of episodes deleted.
@@ -596,6 +615,11 @@ class Store:
             )
             conn.execute(
                 delete(CHECKPOINTS).where(CHECKPOINTS.c.run_id == run_id, CHECKPOINTS.c.step > step)
+            )
+            conn.execute(  # the ledger rewinds with them: those steps are trained again
+                update(LEDGER)
+                .where(LEDGER.c.run_id == run_id, LEDGER.c.step > step)
+                .values(status=LedgerStatus.PENDING, policy_version=None, updated_at=_utcnow())
             )
         return int(n)
 
@@ -885,6 +909,145 @@ class Store:
             policy_version=r["policy_version"],
             created_at=r["created_at"],
         )
+
+
+    # ------------------------------------------------------------------ rollout ledger
+    def plan_step(self, run_id: int, step: int, task_ids: Sequence[str]) -> list[LedgerEntry]:
+        """Record the tasks of ``step`` as ``pending`` (one row per task index); idempotent.
+
+        Planning a step that is already planned with the same ``task_ids`` changes nothing and
+        returns its rows as they stand (a resume re-plans its steps). Other tasks than the recorded
+        ones raise :class:`LedgerError`: the task stream of a run must not change under it.
+        """
+        self._require_run(run_id)
+        task_ids = [str(t) for t in task_ids]
+        with self._writing() as conn:
+            have = self._ledger_rows(conn, run_id, step)
+            if have:
+                recorded = [e.task_id for e in have]
+                if recorded != task_ids:
+                    raise LedgerError(
+                        f"step {step} of run {run_id} was planned with tasks {recorded}, "
+                        f"not {task_ids}"
+                    )
+                return have
+            now = _utcnow()
+            if task_ids:
+                conn.execute(
+                    insert(LEDGER),
+                    [
+                        {
+                            "run_id": run_id,
+                            "step": int(step),
+                            "task_index": i,
+                            "task_id": t,
+                            "status": LedgerStatus.PENDING,
+                            "policy_version": None,
+                            "updated_at": now,
+                        }
+                        for i, t in enumerate(task_ids)
+                    ],
+                )
+            return self._ledger_rows(conn, run_id, step)
+
+    def mark_tasks(
+        self,
+        run_id: int,
+        step: int,
+        task_indices: Sequence[int],
+        status: str,
+        policy_version: int | None = None,
+    ) -> None:
+        """Move rows of ``step`` one status forward (``pending -> sampling -> scored -> trained``).
+
+        Any other transition (a skipped status, a repeated one, a row trained twice, an unplanned
+        task) raises :class:`LedgerError` and changes no row. ``policy_version`` is recorded when
+        sampling starts (it must be given then) and kept afterwards.
+        """
+        if status not in LedgerStatus.NEXT.values():
+            raise LedgerError(f"cannot mark tasks {status!r}: one of {LedgerStatus.ORDER[1:]}")
+        if status == LedgerStatus.SAMPLING and policy_version is None:
+            raise LedgerError("sampling starts at a policy version: pass policy_version")
+        self._require_run(run_id)
+        wanted = sorted({int(i) for i in task_indices})
+        with self._writing() as conn:
+            rows = {
+                e.task_index: e
+                for e in self._ledger_rows(conn, run_id, step)
+                if e.task_index in wanted
+            }
+            missing = [i for i in wanted if i not in rows]
+            if missing:
+                raise LedgerError(f"step {step} of run {run_id} has no planned task(s) {missing}")
+            bad = [
+                f"{i}: {rows[i].status} -> {status}"
+                for i in wanted
+                if LedgerStatus.NEXT.get(rows[i].status) != status
+            ]
+            if bad:
+                raise LedgerError(
+                    f"illegal ledger transition(s) at step {step} of run {run_id}: {', '.join(bad)}"
+                )
+            values: dict[str, Any] = {"status": status, "updated_at": _utcnow()}
+            if status == LedgerStatus.SAMPLING:
+                values["policy_version"] = int(policy_version)  # type: ignore[arg-type]
+            conn.execute(
+                update(LEDGER)
+                .where(
+                    LEDGER.c.run_id == run_id,
+                    LEDGER.c.step == step,
+                    LEDGER.c.task_index.in_(wanted),
+                )
+                .values(**values)
+            )
+
+    def reissue_untrained(self, run_id: int) -> int:
+        """Send every ``sampling``/``scored`` row of the run back to ``pending`` (on resume: their
+        episodes were never trained, so their groups are sampled again); returns how many."""
+        self._require_run(run_id)
+        with self._writing() as conn:
+            return int(
+                conn.execute(
+                    update(LEDGER)
+                    .where(
+                        LEDGER.c.run_id == run_id,
+                        LEDGER.c.status.in_([LedgerStatus.SAMPLING, LedgerStatus.SCORED]),
+                    )
+                    .values(status=LedgerStatus.PENDING, policy_version=None, updated_at=_utcnow())
+                ).rowcount
+            )
+
+    def ledger(
+        self, run_id: int, step: int | None = None, status: str | None = None
+    ) -> list[LedgerEntry]:
+        """The ledger rows of a run (optionally one step's, or one status's) by (step, task index)."""
+        if status is not None and status not in LedgerStatus.ORDER:
+            raise LedgerError(f"unknown ledger status {status!r}: one of {LedgerStatus.ORDER}")
+        with self._reading() as conn:
+            return self._ledger_rows(conn, run_id, step, status)
+
+    @staticmethod
+    def _ledger_rows(
+        conn: Connection, run_id: int, step: int | None = None, status: str | None = None
+    ) -> list[LedgerEntry]:
+        q = select(LEDGER).where(LEDGER.c.run_id == run_id)
+        if step is not None:
+            q = q.where(LEDGER.c.step == int(step))
+        if status is not None:
+            q = q.where(LEDGER.c.status == status)
+        q = q.order_by(LEDGER.c.step, LEDGER.c.task_index)
+        return [
+            LedgerEntry(
+                run_id=r["run_id"],
+                step=r["step"],
+                task_index=r["task_index"],
+                task_id=r["task_id"],
+                status=r["status"],
+                policy_version=r["policy_version"],
+                updated_at=r["updated_at"],
+            )
+            for r in conn.execute(q).mappings()
+        ]
 
 
 # ---------------------------------------------------------------------- helpers

@@ -9,7 +9,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-__all__ = ["RunStatus", "RunRecord", "RunSummary", "SkillRecord", "CheckpointRecord"]
+__all__ = [
+    "RunStatus",
+    "RunRecord",
+    "RunSummary",
+    "SkillRecord",
+    "CheckpointRecord",
+    "LedgerStatus",
+    "LedgerEntry",
+]
 
 
 class RunStatus:
@@ -83,3 +91,31 @@ class CheckpointRecord:
     data_cursor: dict[str, Any] = field(default_factory=dict)
     policy_version: int = 0
     created_at: datetime | None = None
+
+
+class LedgerStatus:
+    """Statuses of a ledger row, in the only order a row may pass through them.
+
+    ``pending -> sampling -> scored -> trained``; a resume sends rows that were not trained
+    (``sampling``/``scored``) back to ``pending`` so their groups are re-issued.
+    """
+
+    PENDING = "pending"
+    SAMPLING = "sampling"
+    SCORED = "scored"
+    TRAINED = "trained"
+    ORDER = (PENDING, SAMPLING, SCORED, TRAINED)
+    NEXT = {PENDING: SAMPLING, SAMPLING: SCORED, SCORED: TRAINED}
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One task of one step of a run: where its rollouts stand and which version sampled them."""
+
+    run_id: int
+    step: int
+    task_index: int
+    task_id: str
+    status: str
+    policy_version: int | None = None
+    updated_at: datetime | None = None

@@ -650,3 +650,43 @@ def test_read_only_database_can_be_inspected(tmp_path: Path) -> None:
         assert path.read_bytes()[:16] == b"SQLite format 3\x00"
     finally:
         path.chmod(0o644)
+
+
+def test_rollout_ledger_moves_forward_only_and_rewinds_with_a_resume(db_url: str) -> None:
+    from data.errors import LedgerError
+    from data.types import LedgerStatus as S
+
+    rng = np.random.default_rng(5)
+    with Store(db_url) as store:
+        run_id = store.create_run("l", "grpo", {}, seed=0)
+        for step in range(3):
+            rows = store.plan_step(run_id, step, [f"t{step}a", f"t{step}b"])
+            assert [(r.task_index, r.status, r.policy_version) for r in rows] == [(0, S.PENDING, None), (1, S.PENDING, None)]
+        assert store.plan_step(run_id, 1, ["t1a", "t1b"])[1].task_id == "t1b"  # idempotent
+        with pytest.raises(LedgerError, match="planned with tasks"):
+            store.plan_step(run_id, 1, ["other", "t1b"])
+        with pytest.raises(LedgerError, match="policy_version"):
+            store.mark_tasks(run_id, 0, [0, 1], S.SAMPLING)
+        for step in range(3):
+            store.mark_tasks(run_id, step, [0, 1], S.SAMPLING, policy_version=max(0, step - 1))
+            store.mark_tasks(run_id, step, [0, 1], S.SCORED)
+        with pytest.raises(LedgerError, match="scored -> scored"):
+            store.mark_tasks(run_id, 0, [0], S.SCORED)
+        with pytest.raises(LedgerError, match="no planned task"):
+            store.mark_tasks(run_id, 0, [7], S.TRAINED)
+        for step in range(2):
+            store.add_episodes(run_id, step, [make_episode(rng, 1, task=f"t{step}a")])
+            store.mark_tasks(run_id, step, [0, 1], S.TRAINED)
+        with pytest.raises(LedgerError, match="trained -> trained"):  # nothing is trained twice
+            store.mark_tasks(run_id, 1, [1], S.TRAINED)
+        assert [(e.step, e.status, e.policy_version) for e in store.ledger(run_id) if e.task_index == 0] == [
+            (0, S.TRAINED, 0), (1, S.TRAINED, 0), (2, S.SCORED, 1)]
+        store.flush()
+        assert store.delete_episodes_after(run_id, 0) == 1  # resume from the checkpoint of step 0
+        assert [(e.step, e.status) for e in store.ledger(run_id, status=S.PENDING)] == [
+            (1, S.PENDING), (1, S.PENDING), (2, S.PENDING), (2, S.PENDING)]
+        assert {e.status for e in store.ledger(run_id, step=0)} == {S.TRAINED}
+        store.mark_tasks(run_id, 2, [0, 1], S.SAMPLING, policy_version=1)  # re-issued
+        assert store.reissue_untrained(run_id) == 2 and store.ledger(run_id, step=2)[0].status == S.PENDING
+        with pytest.raises(LedgerError, match="unknown ledger status"):
+            store.ledger(run_id, status="done")
