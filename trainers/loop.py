@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import shutil
 import time
@@ -44,6 +45,7 @@ from agents.backends import make_backend
 from agents.models import resolve_model_dir
 from agents.server import server_options
 from agents.types import EndReason, EpisodeGroup
+from trainers.async_rollouts import AsyncRollouts
 from trainers.batch import TrainContext, move_batch, pad_token_id, padding_batch
 from trainers.checkpoint import (
     TrainerState,
@@ -73,7 +75,7 @@ from trainers.distributed import (
 )
 from trainers.errors import TooManyBadStepsError
 from trainers.evaluate import evaluate_policy, report_from_episodes, split_task_ids
-from trainers.losses import kl_old_k3
+from trainers.losses import kl_old_k3, truncated_is
 from trainers.methods import Method, get_method
 from trainers.metrics import MetricsLogger
 from trainers.plots import plot_learning_curve
@@ -96,6 +98,7 @@ from trainers.train_config import TrainConfig
 __all__ = [
     "train",
     "train_step",
+    "sample_step",
     "TrainResult",
     # the runtime builders, re-exported from trainers.runtime
     "TaskCursor",
@@ -127,22 +130,42 @@ class TrainResult:
 # --------------------------------------------------------------------------- one step
 
 
-def train_step(
-    ctx: TrainContext, method: Method, optimizer: torch.optim.Optimizer, scheduler: Any,
-    state: TrainerState, cursor: TaskCursor,
-) -> tuple[dict[str, float], list[EpisodeGroup]]:
-    """Run one optimizer step; return its metrics and episode groups."""
-    cfg, step = ctx.cfg, state.step
-    t0 = time.perf_counter()
-
-    tasks = cursor.next(cfg.tasks_per_step)  # the same on every rank; each plays its share
+def sample_step(ctx: TrainContext, method: Method, step: int, tasks: list[str]) -> list[EpisodeGroup]:
+    """This rank's share of the step's ``tasks`` (the same list on every rank), played by ``ctx.backend``."""
     lo, hi = share_bounds(len(tasks), ctx.dist.rank, ctx.dist.world_size)
     tasks = tasks[lo:hi]
     overrides = method.rollout_overrides(ctx, step, tasks)
     if overrides.record_privileged is None:  # record only the strengths the method reads
         overrides.record_privileged = method.privileged_strengths()
     overrides.task_index_offset = lo
-    groups = method.collect(ctx, step, tasks, overrides)
+    return method.collect(ctx, step, tasks, overrides)
+
+
+def _sample_with(method: Method, ctx: TrainContext, step: int, tasks: list[str]) -> list[EpisodeGroup]:
+    return sample_step(ctx, method, step, tasks)
+
+
+def train_step(
+    ctx: TrainContext, method: Method, optimizer: torch.optim.Optimizer, scheduler: Any,
+    state: TrainerState, cursor: TaskCursor, rollouts: AsyncRollouts | None = None,
+) -> tuple[dict[str, float], list[EpisodeGroup]]:
+    """Run one optimizer step; return its metrics and episode groups.
+
+    With ``rollouts`` (``async_steps > 0``) the step's groups were sampled ahead by an older
+    policy (``trainers.async_rollouts``) and the new policy goes to the sampler as a snapshot."""
+    cfg, step = ctx.cfg, state.step
+    t0 = time.perf_counter()
+
+    tasks = cursor.next(cfg.tasks_per_step)  # the same on every rank; each plays its share
+    async_stats: dict[str, float] = {}
+    if rollouts is None:
+        groups = sample_step(ctx, method, step, tasks)
+    else:
+        rollout, wait_s = rollouts.take(step)
+        if rollout.tasks != tasks:
+            raise RuntimeError(f"step {step}: the sampler played {rollout.tasks}, the cursor says {tasks}")
+        groups = rollout.groups
+        async_stats = rollouts.step_metrics(rollout, wait_s, state.policy_version)
     t_rollout = time.perf_counter()
 
     method.score(ctx, groups)
@@ -166,6 +189,10 @@ def train_step(
             with torch.no_grad(), reference_view(ctx) as ref:
                 mb.ref_logp_BT = policy_logprobs(ref, mb, cfg.temperature).logp_BT
         fwd = policy_logprobs(ctx.model, mb, cfg.temperature)
+        sampler_logp_BT = mb.old_logp_BT
+        if cfg.tis_cap:  # truncated IS over the sampler; the PPO reference becomes sg(π_θ)
+            mb.advantages_BT = mb.advantages_BT * truncated_is(fwd.logp_BT, sampler_logp_BT, cfg.tis_cap)
+            mb.old_logp_BT = fwd.logp_BT.detach()
         if not mbs:  # no rows here at all: the method's forwards at weight 0
             method.padding_loss(ctx, mb, fwd).backward()
             continue
@@ -186,7 +213,7 @@ def train_step(
             m, n = mb.loss_mask_BT, max(batch.num_tokens, 1)
             sums["entropy"] += float((fwd.entropy_BT * m).sum()) / n
             if method.on_policy:  # KL(π_old‖π_θ): sampler/trainer mismatch and drift
-                sums["kl_old"] += float((kl_old_k3(fwd.logp_BT, mb.old_logp_BT) * m).sum()) / n
+                sums["kl_old"] += float((kl_old_k3(fwd.logp_BT, sampler_logp_BT) * m).sum()) / n
         del fwd, loss
     t_loss = time.perf_counter()
 
@@ -209,9 +236,13 @@ def train_step(
         optimizer.zero_grad(set_to_none=True)
         state.policy_version += 1
         ctx.policy_version = state.policy_version
-        push_weights(ctx, state.policy_version)
-        stats.update(getattr(ctx.backend, "sync_stats", dict)())  # server backend: sync/pause time
+        if rollouts is None:
+            push_weights(ctx, state.policy_version)
+            stats.update(getattr(ctx.backend, "sync_stats", dict)())  # server backend: sync/pause time
         method.after_step(ctx, state.policy_version - 1, groups)  # optimizer steps, not loop steps
+    if rollouts is not None:  # P_{step+1} (unchanged after a skipped step) for step + 1 + k
+        rollouts.publish(step + 1, state.policy_version)
+        stats.update(async_stats)
     t_end = time.perf_counter()
 
     groups = gather_groups(groups, ctx.dist)  # rank 0: every rank's groups, in task order
@@ -290,6 +321,7 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
                           f"got {type(cfg).__name__}")
     if cfg.resume and not cfg.run_name:
         raise ConfigError("resume: needs run_name=<the run to continue>")
+    check_async(cfg, method)
     envs.make(cfg.env, **cfg.env_kwargs).close()  # unknown env id: UnknownEnvError, first
     dist_info = init_distributed(cfg.dist_timeout_s)
     if dist_info.enabled:
@@ -330,7 +362,7 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
         optimizer, scheduler = build_optimizer(cfg, model)
         cursor = TaskCursor(train_task_ids(cfg.env, cfg.train_split, cfg.num_train_tasks, cfg.env_kwargs),
                             cfg.seed)
-        state = TrainerState()
+        state, saved_policies = TrainerState(), {}
         if main:
             logger = MetricsLogger(run_dir / "metrics.csv", store=store, run_id=run_id,
                                    tensorboard=cfg.log_tensorboard, wandb=cfg.log_wandb,
@@ -338,7 +370,11 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
                                    run_name=run_name, config=config_to_dict(cfg))
 
         if cfg.resume:
-            state = _resume(ctx, method, optimizer, scheduler, run_dir, cursor, logger)
+            state, saved_policies = _resume(ctx, method, optimizer, scheduler, run_dir, cursor, logger)
+        rollouts = None
+        if cfg.async_steps:  # the sampler runs ahead on its own copy of the policy
+            rollouts = AsyncRollouts(ctx, functools.partial(_sample_with, method), cursor, cfg.async_steps)
+            rollouts.start(state.step, cfg.steps, saved_policies)
     except BaseException:
         if store is not None:
             store.set_status(run_id, "failed")
@@ -349,17 +385,20 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
     bar = _progress(cfg, state.step) if main else None
     try:
         while state.step < cfg.steps:
-            metrics, groups = train_step(ctx, method, optimizer, scheduler, state, cursor)
+            metrics, groups = train_step(ctx, method, optimizer, scheduler, state, cursor, rollouts)
             step = state.step
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-                metrics.update(_periodic_eval(ctx))
+                metrics.update(_periodic_eval(ctx, rollouts))
             if store is not None and logger is not None:  # rank 0: the one writer
                 store.add_episodes(run_id, step, [ep for g in groups for ep in g.episodes])
                 logger.log(step, metrics, policy_version=state.policy_version)
+                if rollouts is not None:
+                    store.flush()  # the step's episodes are in before its ledger rows say trained
+                    rollouts.trained(step)
             state.step += 1
             state.cursor = {"position": cursor.position}
             if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps:
-                _checkpoint(ctx, method, optimizer, scheduler, state, run_dir)
+                _checkpoint(ctx, method, optimizer, scheduler, state, run_dir, rollouts)
             _update_bar(bar, metrics)
             if metrics["skipped"] and state.bad_steps >= max(cfg.max_bad_steps, 1):
                 raise TooManyBadStepsError(
@@ -367,7 +406,7 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
                     f"{cfg.max_bad_steps}); stopping before the weights are corrupted. Lower lr, "
                     "check the teacher's log-probs, or use dtype=float32"
                 )
-        ckpt = _checkpoint(ctx, method, optimizer, scheduler, state, run_dir)
+        ckpt = _checkpoint(ctx, method, optimizer, scheduler, state, run_dir, rollouts)
         final_dir = run_dir / "final"
         if main:
             shutil.rmtree(final_dir, ignore_errors=True)
@@ -377,6 +416,8 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
         status = "interrupted"
         raise
     finally:
+        if rollouts is not None:
+            rollouts.close()
         if bar is not None:
             bar.close()
         if logger is not None:
@@ -420,10 +461,13 @@ def _open_run(store: Any, cfg: TrainConfig) -> Any:
 
 
 def _checkpoint(ctx: TrainContext, method: Method, optimizer: Any, scheduler: Any,
-                state: TrainerState, run_dir: Path) -> Path:
+                state: TrainerState, run_dir: Path, rollouts: AsyncRollouts | None = None) -> Path:
+    method_state = method.state_dict()
+    if rollouts is not None:  # the older policies the in-flight steps are re-sampled from
+        method_state = {**method_state, _ASYNC_POLICIES: rollouts.checkpoint_state(state.step)}
     path = save_checkpoint(run_dir, model=ctx.model, tokenizer=ctx.tokenizer, base_model=ctx.cfg.model,
                            optimizer=optimizer, scheduler=scheduler, state=state,
-                           method_state=method.state_dict(), keep=ctx.cfg.keep_checkpoints,
+                           method_state=method_state, keep=ctx.cfg.keep_checkpoints,
                            dist=ctx.dist, replica=ctx.replica)
     if ctx.store is None:  # not the writer rank
         return path
@@ -435,13 +479,15 @@ def _checkpoint(ctx: TrainContext, method: Method, optimizer: Any, scheduler: An
 
 
 def _resume(ctx: TrainContext, method: Method, optimizer: Any, scheduler: Any, run_dir: Path,
-            cursor: TaskCursor, logger: MetricsLogger | None) -> TrainerState:
-    """Load the newest checkpoint and drop everything the store/CSV logged after it."""
+            cursor: TaskCursor, logger: MetricsLogger | None) -> tuple[TrainerState, dict[int, Any]]:
+    """Load the newest checkpoint and drop everything the store/CSV logged after it (its ledger
+    rows go back to pending). Returns the loop state and, for an async run, the older policies."""
     path = latest_checkpoint(run_dir)
-    state = TrainerState()
+    state, saved = TrainerState(), {}
     if path is not None:
         state, method_state = load_checkpoint(path, model=ctx.model, optimizer=optimizer,
                                               scheduler=scheduler, replica=ctx.replica)
+        saved = AsyncRollouts.from_checkpoint_state(method_state.pop(_ASYNC_POLICIES, {}))
         method.load_state_dict(method_state)
         cursor.position = int(state.cursor.get("position", 0))
         ctx.policy_version = state.policy_version
@@ -450,16 +496,32 @@ def _resume(ctx: TrainContext, method: Method, optimizer: Any, scheduler: Any, r
     if ctx.store is not None and logger is not None:
         ctx.store.delete_episodes_after(ctx.run_id, state.step - 1)
         logger.truncate(state.step - 1)
-    return state
+    return state, saved
 
 
-def _periodic_eval(ctx: TrainContext) -> dict[str, float]:
+_ASYNC_POLICIES = "_async_sampler_policies"
+
+
+def check_async(cfg: TrainConfig, method: Method) -> None:
+    """``async_steps``/``tis_cap`` against the method (a user error, before any model loads)."""
+    if cfg.async_steps and not method.on_policy:
+        raise ConfigError(f"async_steps={cfg.async_steps}: {cfg.method} trains on demonstrations, "
+                          "there are no rollouts to sample ahead")
+    if cfg.tis_cap and type(method).loss is not Method.loss:
+        raise ConfigError(f"tis_cap reweights the clipped surrogate's advantages; {cfg.method} has "
+                          "its own loss (use it with grpo)")
+
+
+def _periodic_eval(ctx: TrainContext, rollouts: AsyncRollouts | None = None) -> dict[str, float]:
     """Greedy (or sampled) evaluation of the current policy; at world size > 1 each rank plays its
-    share of the tasks with the same per-task streams and rank 0 reports the gathered episodes."""
+    share of the tasks with the same per-task streams and rank 0 reports the gathered episodes.
+    In an async run the sampler holds an older policy: the current one plays on in-process HF."""
     cfg = ctx.cfg
+    backend = ctx.backend if rollouts is None else make_backend("hf", model=ctx.inference_model,
+                                                                  tokenizer=ctx.tokenizer)
     tasks = split_task_ids(cfg.env, cfg.eval_split, cfg.eval_episodes, cfg.env_kwargs)
     lo, hi = share_bounds(len(tasks), ctx.dist.rank, ctx.dist.world_size)
-    report = evaluate_policy(ctx.backend, ctx.renderer_factory, cfg.env, split=cfg.eval_split,
+    report = evaluate_policy(backend, ctx.renderer_factory, cfg.env, split=cfg.eval_split,
                              greedy=cfg.eval_greedy, seed=cfg.seed, max_turns=cfg.max_turns,
                              max_new_tokens=cfg.max_new_tokens, max_context_tokens=cfg.max_context_tokens,
                              env_kwargs=cfg.env_kwargs, temperature=cfg.temperature,

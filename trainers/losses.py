@@ -19,6 +19,7 @@ __all__ = [
     "masked_sum",
     "masked_mean",
     "clipped_surrogate",
+    "truncated_is",
     "aggregate",
     "k3_kl",
     "kl_old_k3",
@@ -56,6 +57,17 @@ def masked_sum(x_BT: Tensor, mask_BT: Tensor, dim: int | None = None) -> Tensor:
 def masked_mean(x_BT: Tensor, mask_BT: Tensor, dim: int | None = None) -> Tensor:
     """``Σ x·m / max(Σ m, 1)`` over ``dim`` (all dims when None); 0 where the mask is empty."""
     return masked_sum(x_BT, mask_BT, dim) / masked_sum(torch.ones_like(x_BT), mask_BT, dim).clamp(min=1)
+
+
+def truncated_is(logp_BT: Tensor, sampler_logp_BT: Tensor, cap: float) -> Tensor:
+    """Truncated importance weights of the current policy over the (stale) sampler.
+
+    ``w_t = min(exp(sg(log π_θ(x_t)) − log π_sampler(x_t)), C)``: with ``A_t ← w_t·A_t`` and the
+    PPO reference set to ``sg(π_θ)`` (the proximal policy of decoupled PPO, Hilton et al. 2022;
+    AReaL), the gradient is ``w_t·A_t·∇log π_θ``, the truncated-IS policy gradient (IMPALA's ρ̄;
+    Yao et al. 2025 for sampler/trainer mismatch). No gradient. Shapes: ``(B, T) -> (B, T)``.
+    """
+    return torch.exp(logp_BT.detach() - sampler_logp_BT.detach()).clamp(max=cap)
 
 
 def clipped_surrogate(
