@@ -402,6 +402,35 @@ def test_training_step_with_the_server_backend(fleet, tmp_path) -> None:
 
 @pytest.mark.vllm
 @pytest.mark.slow
+def test_async_run_samples_ahead_on_the_server(fleet, tmp_path) -> None:
+    """``async_steps=1`` on the bundled model, sampling from a real server: 3 steps, step t
+    sampled by the adapter of step t-1 (hot-loaded into the server), every ledger row trained."""
+    from data import Store
+    from data.types import LedgerStatus
+    from trainers.config import parse_config
+    from trainers.loop import train
+    from trainers.methods import get_method
+
+    cfg = parse_config(get_method("grpo").config_cls, [
+        "method=grpo", "model=smollm2-135m-instruct", "steps=3", "tasks_per_step=1", "group_size=2",
+        "max_turns=1", "max_new_tokens=8", "checkpoint_every=0", "progress=false", "lr=1e-4",
+        f"output_dir={tmp_path}", "backend=server", f"sampler_urls={fleet.urls[0]}", "async_steps=1",
+        "run_name=async"])
+    rows = train(cfg).metrics
+    print("async server run:", [(r["async/staleness"], round(r["async/trainer_wait_frac"], 2),
+                                 round(r["async/sampler_idle_frac"], 2)) for r in rows])
+    assert [r["async/staleness"] for r in rows] == [0.0, 1.0, 1.0]
+    assert all(r["infra_failures"] == 0 and r["episodes"] == 2 for r in rows)
+    with Store(f"sqlite:///{tmp_path / 'distillgym.db'}", read_only=True) as store:
+        run_id = store.get_run("async").run_id
+        assert [(e.step, e.status, e.policy_version) for e in store.ledger(run_id)] == [
+            (0, LedgerStatus.TRAINED, 0), (1, LedgerStatus.TRAINED, 0), (2, LedgerStatus.TRAINED, 1)]
+        assert [(s, e.policy_version) for s, e in store.episodes_with_steps(run_id)] == [
+            (0, 0), (0, 0), (1, 0), (1, 0), (2, 1), (2, 1)]
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
 def test_replica_killed_mid_rollout_every_episode_accounted(fleet, smollm2) -> None:
     """Two replicas; the second is SIGKILLed while a rollout runs. The rollout finishes, the
     killed replica's requests are retried on the other one, every episode is trained or an infra

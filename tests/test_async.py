@@ -121,7 +121,7 @@ def test_async_config_errors_come_before_any_model_loads():
 # --------------------------------------------------------------------------- real runs
 
 ARGS = ["grpo", "model=tiny", "env=DistillGym/Vowels-v0", "steps=8", "tasks_per_step=2", "group_size=2",
-        "max_turns=1", "max_new_tokens=6", "max_context_tokens=512", "token_budget=1024", "lr=1e-3",
+        "max_turns=1", "max_new_tokens=12", "max_context_tokens=512", "token_budget=1024", "lr=1e-3",
         "checkpoint_every=1", "keep_checkpoints=1", "seed=5", "progress=false", "async_steps=1"]
 
 
@@ -155,16 +155,28 @@ def test_async_run_killed_at_ten_random_moments_ends_like_an_uninterrupted_one(t
     t0 = time.time()
     while not csv.exists() and proc.poll() is None and time.time() - t0 < 120:  # the run exists
         time.sleep(0.05)
-    logged = []  # steps logged at each kill: the kills land in start-up, rollouts, steps, checkpoints
-    while kills < 10:
-        time.sleep(rng.uniform(0.0, 8.0))
+
+    def rows(since: float = 0.0) -> int:  # steps in the CSV, once this process has written it
+        if not csv.exists() or csv.stat().st_mtime < since:
+            return -1
+        return len(csv.read_text().splitlines()) - 1
+
+    # kill i once this process has rewritten the CSV (resumed) and it shows target_i steps, then a
+    # random fraction of a step later: the kills land in rollouts, training, store writes and
+    # checkpoints, with the producer sampling ahead in flight
+    logged, launched = [], time.time()
+    for target in sorted(rng.randrange(0, 6) for _ in range(10)):
+        while rows(launched) < target and proc.poll() is None and time.time() - launched < 120:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.5))
         if proc.poll() is not None:
             break
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
-        logged.append(len(csv.read_text().splitlines()) - 1 if csv.exists() else 0)
-        proc = _run(tmp_path, "killed", "resume=true")
+        logged.append(rows())
+        proc, launched = _run(tmp_path, "killed", "resume=true"), time.time()
+    print("steps in the CSV at each kill:", logged)
     _finish(proc)
     assert kills == 10, f"the run finished after {kills} kills ({logged}); lengthen it"
     assert max(logged) > 0, logged
