@@ -488,7 +488,8 @@ class ServerBackend:
         with self.lock:  # no turn of ours is in flight: generate() holds this lock
             t0 = time.perf_counter()
             pause_s = 0.0
-            if self.transport is not None:
+            again = bool(self.syncs) and self.syncs[-1].version == int(version)  # already serving it
+            if self.transport is not None and not again:
                 pause_s = self.transport.push(self, model, int(version))
                 self.router.forget()
             self.policy_version = int(version)

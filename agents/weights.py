@@ -9,7 +9,7 @@ returns how long generation was paused. Implementations:
   their own ``update_weights``; no transport object is needed there.
 * :class:`FilesystemTransport`: a PEFT model's adapter is saved to ``<root>/v<version>`` and
   hot-loaded through ``/v1/load_lora_adapter`` (requests then name the adapter
-  ``policy-v<version>``, the previous one is unloaded); a full model is saved as safetensors and
+  ``policy-<tag>-v<version>``, ``tag`` unique per transport, the previous one is unloaded); a full model is saved as safetensors and
   reloaded in place through ``/collective_rpc reload_weights`` (dev mode). ``root`` must be a path
   the servers can read (the same machine, or a shared filesystem).
 * :class:`NativeTransport`: vLLM's own weight transfer (NCCL on CUDA): ``/init_weight_transfer_engine``
@@ -23,6 +23,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -60,6 +61,7 @@ class FilesystemTransport:
         self.root.mkdir(parents=True, exist_ok=True)
         self.keep = keep
         self._loaded: list[str] = []
+        self.tag = uuid.uuid4().hex[:8]  # runs (and resumes) sharing a server never collide
 
     def push(self, backend: Any, model: torch.nn.Module, version: int) -> float:
         out = self.root / f"v{version}"
@@ -77,7 +79,7 @@ class FilesystemTransport:
         backend.pause()
         try:
             if _is_peft(model):
-                name = f"policy-v{version}"
+                name = f"policy-{self.tag}-v{version}"
                 for url in backend.live_urls():
                     backend.post(url, "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(out)})
                 backend.model_name = name

@@ -280,7 +280,7 @@ def test_lora_hot_load_changes_outputs_and_matches_peft(sampler, smollm2) -> Non
         after = sampler.generate([prompt], greedy)[0]
         sync = sampler.syncs[-1]
         print(f"LoRA hot-load: sync {sync.sync_s:.2f} s, generation paused {sync.pause_s:.2f} s")
-        assert sampler.policy_version == 3 and sampler.model_name == "policy-v3"
+        assert sampler.policy_version == 3 and sampler.model_name == f"policy-{sampler.transport.tag}-v3"
         assert 0 < sync.pause_s <= sync.sync_s
         expected = HFBackend(policy, tok).generate([prompt], greedy)[0]
         assert after.token_ids == expected.token_ids != before.token_ids
@@ -293,7 +293,7 @@ def test_lora_hot_load_changes_outputs_and_matches_peft(sampler, smollm2) -> Non
         assert ep.policy_version == 3 and ep.turns[0].policy_version == 3
     finally:  # back to the base model for the module's other tests
         for url in sampler.live_urls():
-            sampler.post(url, "/v1/unload_lora_adapter", {"lora_name": "policy-v3"})
+            sampler.post(url, "/v1/unload_lora_adapter", {"lora_name": f"policy-{sampler.transport.tag}-v3"})
         sampler.model_name = sampler.base_model
         sampler.transport._loaded = []
 
