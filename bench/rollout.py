@@ -37,20 +37,23 @@ ENV = "DistillGym/Household-v0"
 
 def _run(name: str, backend: Any, tok: Any, tasks: list[str], args: argparse.Namespace, *, naive: bool) -> dict[str, Any]:
     from agents import Renderer, RolloutConfig, RolloutStats, SamplingParams, collect_groups
+    from agents.types import EndReason
 
     sampling = SamplingParams(temperature=1.0, max_tokens=args.max_tokens)
     factory = functools.partial(Renderer.for_env, tok)
     stats = RolloutStats()
     start = time.perf_counter()
+    groups = []
     if naive:  # one episode at a time: G x tasks sequential rollouts of batch size 1
         cfg = RolloutConfig(group_size=1, max_turns=args.max_turns, sampling=sampling)
         for task in tasks:
             for _ in range(args.group_size):
-                collect_groups(ENV, [task], backend, factory, cfg, seed=args.seed, stats=stats)
+                groups += collect_groups(ENV, [task], backend, factory, cfg, seed=args.seed, stats=stats)
     else:
         cfg = RolloutConfig(group_size=args.group_size, max_turns=args.max_turns, sampling=sampling)
-        collect_groups(ENV, tasks, backend, factory, cfg, seed=args.seed, stats=stats)
+        groups = collect_groups(ENV, tasks, backend, factory, cfg, seed=args.seed, stats=stats)
     wall = time.perf_counter() - start
+    infra = sum(e.end_reason == EndReason.INFRA_ERROR for g in groups for e in g.episodes)
     return {
         "backend": name,
         "wall_s": round(wall, 2),
@@ -62,6 +65,7 @@ def _run(name: str, backend: Any, tok: Any, tasks: list[str], args: argparse.Nam
         "episodes_per_min": round(60 * stats.episodes / wall, 2),
         "env_share": round(stats.env_s / stats.total_s, 5),
         "generate_share": round(stats.generate_s / stats.total_s, 4),
+        "infra_failures": infra,  # episodes a server lost (their tokens are missing from the rate)
     }
 
 

@@ -211,6 +211,21 @@ def test_methods_with_their_own_forwards_and_teachers_run_at_world_size_2(tmp_pa
     assert [store.count_episodes(run.run_id, step=s) for s in (0, 1)] == [6, 6]
 
 
+@pytest.mark.slow
+def test_async_rollouts_at_world_size_2_equal_world_size_1(tmp_path):
+    """``async_steps=1`` at world size 2: each rank's producer samples its share of step t with
+    P_{t-1} gathered into its sampler copy; the episodes equal world size 1's and the weights agree."""
+    a, b = tmp_path / "one", tmp_path / "two"
+    _train(a, "steps=2", "run_name=x", "async_steps=1", "checkpoint_every=0")
+    _train(b, "steps=2", "run_name=x", "async_steps=1", "checkpoint_every=0", nproc=2)
+    assert _actions(b, "x") == _actions(a, "x")
+    one, two = _metrics(a / "x"), _metrics(b / "x")
+    assert [r["async/staleness"] for r in two] == [r["async/staleness"] for r in one] == [0.0, 1.0]
+    for key in ("loss", "kl_teacher", "reward"):
+        assert [r[key] for r in two] == pytest.approx([r[key] for r in one], rel=1e-4, abs=1e-6), key
+    assert _max_diff(_weights(b / "x" / "final"), _weights(a / "x" / "final")) <= 0.2 * LR
+
+
 def test_skill_sd_at_world_size_2_is_refused_before_launch(tmp_path):
     done = subprocess.run([sys.executable, "-m", "trainers", "skill-sd", "model=tiny", f"output_dir={tmp_path}",
                            "--nproc", "2"], cwd=ROOT, env=child_env(HF_HUB_OFFLINE="1"),
