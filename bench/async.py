@@ -6,7 +6,8 @@ The same GRPO LoRA run (household, same seed, same steps) with ``async_steps`` =
     python bench/async.py --models tiny --steps 4  # a smoke run
     python bench/async.py --out docs/bench/async_cpu.json
 
-Per run: wall time of the training loop (model load excluded), steps per hour, the mean fraction
+Per run: wall time of ``train()`` (model load and the final checkpoint included, the same in
+every arm), steps per hour, the mean fraction
 of each step the trainer waited for rollouts and the samplers were idle, the staleness histogram
 (trainer version − sampling version, per step) and the length-bias check (mean sampled tokens per
 generated vs per trained episode). Synchronous runs wait the whole rollout time
