@@ -15,6 +15,9 @@
     backend.update_weights(model, version)    the sampler uses the new weights
     method.after_step; metrics -> store + CSV; episodes -> store; checkpoint; eval
 
+With ``async_steps = k > 0`` the groups come from ``trainers.async_rollouts`` instead, sampled
+ahead by the policy of step ``max(0, s − k)``, and the new weights go to that sampler as a snapshot.
+
 Determinism and resume: all sampling of step ``s`` is seeded by ``(cfg.seed, s)``, so a run
 resumed from a checkpoint replays exactly the steps an uninterrupted run would have taken. The
 model stays in eval mode (the bundled models have no dropout; LoRA dropout defaults to 0), so the
