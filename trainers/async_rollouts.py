@@ -162,7 +162,7 @@ class RolloutProducer:
                 if self._error is not None:
                     raise RuntimeError(f"rollout producer failed at step {step}: "
                                        f"{type(self._error).__name__}: {self._error}") from self._error
-                if not self._thread.is_alive() and step not in self._ready:
+                if not self._thread.is_alive():
                     raise RuntimeError(f"rollout producer stopped before step {step}")
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"no rollout for step {step} within {timeout_s} s")
