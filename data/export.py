@@ -120,21 +120,33 @@ def export_episodes(
         raise ValueError(f"unknown export format {fmt!r}; expected one of {FORMATS}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt in ("jsonl", "parquet"):
+        # A damaged row raises midway: write beside ``out`` and rename, so no partial file is left.
+        partial = out.with_name(f".{out.name}.partial")
+        try:
+            n = _write_file(episodes, run, fmt, partial)
+            partial.replace(out)
+        finally:
+            partial.unlink(missing_ok=True)
+        return n
+    import datasets
+
+    rows = list(_rows(episodes, run))  # every row is read before the folder is written
+    datasets.Dataset.from_list(rows, features=export_features()).save_to_disk(str(out))
+    return len(rows)
+
+
+def _write_file(episodes: Iterable[tuple[int, Episode]], run: str, fmt: str, path: Path) -> int:
     if fmt == "jsonl":
         n = 0
-        with out.open("w", encoding="utf-8") as f:
+        with path.open("w", encoding="utf-8") as f:
             for row in _rows(episodes, run):
                 f.write(json.dumps(row) + "\n")
                 n += 1
         return n
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     rows = list(_rows(episodes, run))
-    if fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        pq.write_table(pa.Table.from_pylist(rows, schema=export_schema()), out)
-    else:
-        import datasets
-
-        datasets.Dataset.from_list(rows, features=export_features()).save_to_disk(str(out))
+    pq.write_table(pa.Table.from_pylist(rows, schema=export_schema()), path)
     return len(rows)

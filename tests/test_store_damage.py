@@ -89,3 +89,20 @@ def test_subprocess_cli_on_a_damaged_store(tmp_path) -> None:
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "table 'checkpoints' is missing" in out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.db"]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_export_stopped_by_a_damaged_row_leaves_no_file(tmp_path, capsys, fmt) -> None:
+    path = tmp_path / "store.db"
+    rng = np.random.default_rng(0)
+    with Store(path) as store:
+        run_id = store.create_run("r", "grpo", {"lr": 1e-5}, 0)
+        store.add_episodes(run_id, 0, [make_episode(rng), make_episode(rng)])
+    raw = sqlite3.connect(path)
+    raw.execute("UPDATE turns SET info = '[1,' WHERE id = (SELECT max(id) FROM turns)")  # 2nd episode
+    raw.commit()
+    raw.close()
+    out = tmp_path / "out" / f"r.{fmt}"
+    assert main(["--db", str(path), "export", "r", "--format", fmt, "--out", str(out)]) == 2
+    assert "is not valid JSON" in capsys.readouterr().err
+    assert not out.parent.exists() or sorted(out.parent.iterdir()) == []
