@@ -28,8 +28,8 @@ from agents.scoring import gather_logprobs
 from agents.types import Episode, EpisodeGroup
 from trainers.config import ConfigError
 from trainers.config import config_field as _f
-from trainers.losses import aggregate, clipped_surrogate, k3_kl, masked_mean, masked_sum
 from trainers.distributed import DistInfo, all_reduce_max
+from trainers.losses import aggregate, clipped_surrogate, k3_kl, masked_mean, masked_sum
 from trainers.methods import register_method
 from trainers.methods.base import (
     Method,
