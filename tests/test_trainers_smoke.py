@@ -73,6 +73,19 @@ def test_two_step_run_writes_complete_run(tmp_path, method, extra, keys):
                    for t in ep.turns)
 
 
+def test_summary_reports_the_last_evaluation_with_its_interval(tmp_path, capsys):
+    from trainers.loop import train
+
+    cfg = tiny_cfg("sft", tmp_path, "progress=true", "eval_every=2", "eval_episodes=3",
+                   "checkpoint_every=0")
+    result = train(cfg)
+    last = result.metrics[-1]
+    out = capsys.readouterr().out
+    assert (f"[sft-smoke] evaluation after step 2 on valid_seen (greedy): success "
+            f"{last['eval/success_rate']:.3f} [{last['eval/success_ci_low']:.3f}, "
+            f"{last['eval/success_ci_high']:.3f}] (n=3)") in out, out
+
+
 def test_teacher_scoring_matches_agents_score_turns(tiny):
     """The trainer's selective-head teacher scoring equals agents.scoring on trained tokens."""
     import functools

@@ -563,3 +563,10 @@ def _finish(cfg: TrainConfig, run_dir: Path, rows: list[dict[str, float]]) -> No
         print(f"[{cfg.run_name}] {len(rows)} steps: reward {first.get('reward', 0):.3f} -> "
               f"{last.get('reward', 0):.3f}, success {first.get('success_rate', 0):.2f} -> "
               f"{last.get('success_rate', 0):.2f}; outputs in {run_dir}")
+        evals = [r for r in rows if "eval/success_rate" in r]
+        if evals:
+            e = evals[-1]
+            print(f"[{cfg.run_name}] evaluation after step {int(e['step']) + 1} on {cfg.eval_split}"
+                  f"{' (greedy)' if cfg.eval_greedy else ''}: success {e['eval/success_rate']:.3f} "
+                  f"[{e['eval/success_ci_low']:.3f}, {e['eval/success_ci_high']:.3f}] "
+                  f"(n={int(e['eval/episodes'])})")
