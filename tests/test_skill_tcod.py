@@ -417,6 +417,20 @@ def test_smoke_tcod_f2b_alias_on_grpo(tmp_path):
     assert [r["turns"] <= w for r, w in zip(result.metrics, (1, 2))] == [True, True]
 
 
+def test_tcod_staleness_bound_is_the_async_bound(tmp_path):
+    from trainers.config import ConfigError, parse_config
+    from trainers.methods.tcod import TCODConfig
+
+    with pytest.raises(ConfigError, match="async_steps=3 exceeds TCOD's staleness bound max_staleness=2"):
+        parse_config(TCODConfig, ["base_method=grpo", "async_steps=3"])
+    result = _train(tmp_path, "tcod-f2b", base_method="grpo", curriculum_k=1, max_turns=3, steps=3,
+                    async_steps=2)
+    rows = result.metrics
+    assert [r["async/staleness"] for r in rows] == [0.0, 1.0, 2.0]
+    assert [r["tcod_dropped_stale"] for r in rows] == [0.0, 0.0, 0.0]
+    assert [r["tcod_student_turns"] for r in rows] == [1.0, 2.0, 3.0]
+
+
 def test_smoke_skill_sd_grows_the_bank_and_conditions_the_teacher(tmp_path, stub):
     from data import Store
 

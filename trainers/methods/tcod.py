@@ -171,7 +171,8 @@ class TCODConfig(OPDConfig):
 
     curriculum: str = _f("b2f", "which curriculum", ("b2f", "f2b", "none"))
     curriculum_k: int = _f(5, "k: the window moves by one turn every k steps")
-    max_staleness: int = _f(2, "Δ: drop samples more than Δ policy versions old")
+    max_staleness: int = _f(2, "Δ: drop samples more than Δ policy versions old; async_steps <= Δ "
+                               "(its admission bound) keeps every sample")
     base_method: str = _f("opd", "the on-policy method the curriculum wraps", ("opd", "grpo"))
     expert_max_steps: int = _f(100, "guard on the length of the expert's solution (B2F)")
 
@@ -184,6 +185,10 @@ class TCODConfig(OPDConfig):
             raise ConfigError(f"curriculum_k={self.curriculum_k} must be >= 1")
         if self.max_staleness < 0:
             raise ConfigError(f"max_staleness={self.max_staleness} must be >= 0")
+        if self.async_steps > self.max_staleness:
+            raise ConfigError(f"async_steps={self.async_steps} exceeds TCOD's staleness bound "
+                              f"max_staleness={self.max_staleness}: the async scheduler would sample "
+                              f"groups that the bound then drops; set async_steps <= max_staleness")
 
 
 @register_method("tcod")
