@@ -97,6 +97,23 @@ def test_world_size_2_step_equals_world_size_1_lora(straight, tmp_path):
     assert _max_diff(_weights(tmp_path / "a" / "final"), after_one) <= 0.2 * LR
 
 
+
+@pytest.mark.slow
+def test_accelerate_launch_runs_the_same_two_rank_step(straight, tmp_path):
+    """``accelerate launch --multi_gpu`` starts the ranks through torchrun (gloo here, no GPU)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "trainers", "opd", *TINY, f"output_dir={tmp_path}", "steps=1", "run_name=a"]
+    done = subprocess.run(cmd, cwd=ROOT, env=child_env(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1"),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    shards = sorted(p.name for p in (tmp_path / "a" / "checkpoints" / "step-000001" / "optimizer").glob("*.distcp"))
+    assert shards == ["__0_0.distcp", "__1_0.distcp"]  # one optimizer shard per rank: two ranks ran
+    one, two = _metrics(straight / "a")[0], _metrics(tmp_path / "a")[0]
+    for key in COMPARED:
+        assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-7), key
+    assert _actions(tmp_path, "a") == _actions(straight, "a")[:6]
+
 @pytest.mark.slow
 def test_world_size_2_step_equals_world_size_1_full_finetune(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
