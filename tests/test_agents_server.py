@@ -118,6 +118,28 @@ def test_serving_settings_are_checked_before_load(tmp_path, args, expected) -> N
     assert expected in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("method, args, expected", [
+    ("opsd", [], "it needs backend=server"),
+    ("opsd", ["backend=server", "async_steps=1"], "sample ahead with an older policy"),
+    ("opsd", ["backend=server", "temperature=0.7"], "scores at temperature 1"),
+    ("opsd", ["backend=server", "self_teacher=ema"], "do not hold an EMA teacher"),
+    ("opsd", ["backend=server", "self_teacher=frozen", "finetune=full"], "needs finetune=lora"),
+    ("opsd", ["backend=server", "opsd_mode=divergence"], "needs the teacher's whole distribution"),
+    ("skill-sd", [], "it needs backend=server"),
+])
+def test_sampler_scoring_settings_are_refused_before_load(method, args, expected) -> None:
+    from trainers.config import ConfigError, parse_config
+    from trainers.methods import get_method
+
+    cls = get_method(method).config_cls
+    with pytest.raises(ConfigError) as info:
+        parse_config(cls, [f"method={method}", "privileged_scoring=sampler", "sampler_urls=auto", *args])
+    assert expected in str(info.value) and "\n" not in str(info.value)
+    parse_config(cls, [f"method={method}", "privileged_scoring=sampler", "backend=server", "sampler_urls=auto"])
+    with pytest.raises(ConfigError, match="privileged_scoring"):
+        parse_config(get_method("tt-opd").config_cls, ["method=tt-opd", "privileged_scoring=sampler"])
+
+
 def test_no_replica_left_is_recorded_as_infra_failure(fake_server, tiny) -> None:
     """Every request fails: each episode ends EndReason.INFRA_ERROR, is not trained and is left out
     of GRPO's group statistics; nothing hangs."""
@@ -455,6 +477,58 @@ def test_async_run_samples_ahead_on_the_server(fleet, tmp_path) -> None:
             (0, LedgerStatus.TRAINED, 0), (1, LedgerStatus.TRAINED, 0), (2, LedgerStatus.TRAINED, 1)]
         assert [(s, e.policy_version) for s, e in store.episodes_with_steps(run_id)] == [
             (0, 0), (0, 0), (1, 0), (1, 0), (2, 1), (2, 1)]
+
+
+def _finished_requests(url: str) -> float:
+    """Requests the server has finished (its Prometheus ``/metrics``)."""
+    import httpx
+
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm:request_success_total"))
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_privileged_self_teacher_scores_on_the_sampler_server(fleet, smollm2, tmp_path) -> None:
+    """OPSD, full fine-tuning, ``privileged_scoring=sampler`` on the LoRA-free server (which the
+    teacher test left holding other weights: the run pushes P_0 first). The step's teacher
+    log-probs come from the server (one scoring request per turn besides the sampling ones) and
+    equal the trainer's own privileged scoring with P_0 within SERVER_HF_ATOL."""
+    import envs
+    from data import Store
+    from trainers.config import parse_config
+    from trainers.loop import train
+    from trainers.methods.opsd import OPSDConfig
+
+    model, tok = smollm2
+    url = fleet.urls[1]
+    cfg = parse_config(OPSDConfig, [
+        "method=opsd", "model=smollm2-135m-instruct", "finetune=full", "steps=1", "tasks_per_step=1",
+        "group_size=2", "max_turns=2", "max_new_tokens=8", "checkpoint_every=0", "progress=false",
+        "lr=1e-5", f"output_dir={tmp_path}", "backend=server", f"sampler_urls={url}",
+        "privileged_scoring=sampler", "run_name=served-opsd"])
+    before = _finished_requests(url)
+    train(cfg)
+    requests = _finished_requests(url) - before
+    with Store(f"sqlite:///{tmp_path / 'distillgym.db'}", read_only=True) as store:
+        episodes = list(store.episodes(store.get_run("served-opsd").run_id))
+    turns = sum(e.num_turns for e in episodes)
+    assert requests == 2 * turns, (requests, turns)  # each turn sampled once and scored once there
+    served = [list(t.teacher_logprobs) for e in episodes for t in e.turns]
+    env = envs.make(ENV)
+    _, info = env.reset(options={"task_id": episodes[0].task_id})
+    renderer = Renderer.for_env(tok, env.unwrapped, info)
+    env.close()
+    twin = copy.deepcopy(episodes)
+    score_turns(model, twin, renderer=renderer, privileged_strength=cfg.privileged)
+    local = [list(t.teacher_logprobs) for e in twin for t in e.turns]
+    gap = max(abs(a - b) for s, lo in zip(served, local) for a, b in zip(s, lo))
+    shift = max(abs(a - b) for e in episodes for t in e.turns for a, b in zip(t.teacher_logprobs, t.sampler_logprobs))
+    print(f"privileged scoring on the sampler server vs the trainer: max gap {gap:.2e} "
+          f"(the privileged context moved the log-probs by up to {shift:.2f}); {requests:.0f} requests")
+    assert [len(s) for s in served] == [len(lo) for lo in local]
+    assert gap < SERVER_HF_ATOL < shift
 
 
 @pytest.mark.vllm

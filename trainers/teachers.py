@@ -13,6 +13,9 @@ One home for teacher scoring (one log-prob convention: position ``t`` is about t
   ``kernels.distill_loss``) or its top-k log-probs plus a tail bucket;
 - a **served teacher** (``teacher_url``): ``connect_teacher`` proves the server (vocabulary hash,
   probe log-probs vs a local reference) and ``score_trained_tokens`` scores through it;
+- a privileged self-teacher **on the sampler servers** (``privileged_scoring=sampler``,
+  ``backend=server``): ``score_privileged`` sends the privileged contexts to the servers that
+  sampled the step, which hold the same weights (``check_privileged_scoring`` says when);
 - ``teacher_logits_for_batch`` / ``divergence_loss``: the materialized ``(N, V)`` logits path, kept
   as the reference the fused path is tested against.
 """
@@ -56,6 +59,8 @@ __all__ = [
     "renderer_for",
     "TextFn",
     "score_privileged",
+    "PRIVILEGED_SCORING",
+    "check_privileged_scoring",
     "logits_at",
     "teacher_logits_for_batch",
     "divergence_loss",
@@ -338,6 +343,50 @@ TextFn = Callable[[Episode, Turn], str]
 """``f(episode, turn) -> privileged text`` spliced into the teacher's context of that turn."""
 
 
+PRIVILEGED_SCORING = ("trainer", "sampler")
+
+
+def check_privileged_scoring(cfg: Any, *, self_teacher: str = "current", refused: str = "") -> None:
+    """``privileged_scoring=sampler`` is possible (a :class:`ConfigError` before any model loads).
+
+    The sampler servers hold the policy that sampled the step (the synchronous loop pushes it
+    before the rollout), and, under LoRA, the base model beside the adapter; they return the
+    sampled token's log-prob at temperature 1. So: ``backend=server``, ``async_steps=0`` (ahead
+    of the trainer they serve an older policy), temperature 1, and a teacher the servers hold:
+    ``current``, or ``frozen`` with ``finetune=lora``. ``refused`` is a method's own reason.
+    """
+    if cfg.privileged_scoring != "sampler":
+        return
+    if refused:
+        raise ConfigError(f"privileged_scoring=sampler: {refused}")
+    if cfg.backend != "server":
+        raise ConfigError("privileged_scoring=sampler scores on the sampler servers: it needs backend=server")
+    if cfg.async_steps:
+        raise ConfigError(f"privileged_scoring=sampler with async_steps={cfg.async_steps}: the servers "
+                          "sample ahead with an older policy; score on the trainer (privileged_scoring=trainer)")
+    if cfg.temperature != 1.0:
+        raise ConfigError(f"privileged_scoring=sampler scores at temperature 1 (server prompt log-probs); "
+                          f"got temperature={cfg.temperature}")
+    if self_teacher == "ema":
+        raise ConfigError("privileged_scoring=sampler: the servers do not hold an EMA teacher's weights")
+    if self_teacher == "frozen" and cfg.finetune != "lora":
+        raise ConfigError("privileged_scoring=sampler with self_teacher=frozen needs finetune=lora (the "
+                          "servers keep the base model beside the adapter; full weights replace it)")
+
+
+@dataclass
+class _SamplerScorer:
+    """The sampler servers as ``score_turns``' model: prompt log-probs of the policy they serve,
+    or of their base model (``base``: the frozen teacher, the LoRA adapter off)."""
+
+    backend: Any
+    base: bool = False
+
+    def prompt_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+        model = self.backend.base_model if self.base else None
+        return [scores.logprobs for scores in self.backend.prompt_logprobs(sequences, model=model)]
+
+
 def score_privileged(
     ctx: TrainContext, view: TeacherView, episodes: list[Episode], text_fn: TextFn,
     temperature: float,
@@ -348,8 +397,12 @@ def score_privileged(
     log-probs is ``agents.scoring.score_turns``'s job. When the teacher is the current policy
     and a turn's text is empty, the teacher context *equals* the student context, so the
     teacher log-probs are the sampler's own: every distillation term on that turn is exactly 0
-    (and no forward pass is spent on it).
+    (and no forward pass is spent on it). With ``privileged_scoring=sampler`` the forwards run on
+    the sampler servers instead of the trainer's copy.
     """
+    model, disable_adapter = view.model, view.disable_adapter
+    if getattr(ctx.cfg, "privileged_scoring", "trainer") == "sampler":
+        model, disable_adapter = _SamplerScorer(ctx.backend, base=view.disable_adapter), False
     todo = [
         ep for ep in episodes
         if ep.turns and not (view.is_student and not any(text_fn(ep, t) for t in ep.turns))
@@ -359,8 +412,8 @@ def score_privileged(
         by_task.setdefault(ep.task_id, []).append(ep)
     for task_id, task_episodes in by_task.items():
         score_turns(
-            view.model, task_episodes, renderer=renderer_for(ctx, task_id), temperature=temperature,
-            disable_adapter=view.disable_adapter, privileged_texts=text_fn,
+            model, task_episodes, renderer=renderer_for(ctx, task_id), temperature=temperature,
+            disable_adapter=disable_adapter, privileged_texts=text_fn,
             batch_tokens=ctx.cfg.token_budget,
         )
     if view.is_student:

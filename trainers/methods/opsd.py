@@ -46,10 +46,12 @@ from trainers.methods.base import (
 )
 from trainers.runtime import PolicyOutput
 from trainers.teachers import (
+    PRIVILEGED_SCORING,
     PRIVILEGED_STRENGTHS,
     TeacherRows,
     TeacherView,
     build_teacher_view,
+    check_privileged_scoring,
     divergence_from_rows,
     divergence_loss,
     privileged_teacher_rows,
@@ -126,6 +128,8 @@ class OPSDConfig(TrainConfig):
         "materialized (B, T, V) logits", ("fused", "logits"))
     teacher_topk: int = _f(0, "fused divergence: the teacher as top-k log-probs + a tail bucket "
                               "(0: the full vocabulary, from its hidden states and head)")
+    privileged_scoring: str = _f("trainer", "where the privileged teacher scores: the trainer's copy "
+                                 "of the policy, or the sampler servers (backend=server)", PRIVILEGED_SCORING)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -139,6 +143,9 @@ class OPSDConfig(TrainConfig):
             raise ConfigError("opsd_beta, distill_coef and grpo_coef must be >= 0")
         if self.teacher_topk < 0:
             raise ConfigError(f"teacher_topk={self.teacher_topk} must be >= 0 (0: full vocabulary)")
+        check_privileged_scoring(self, self_teacher=self.self_teacher, refused=(
+            "opsd_mode=divergence needs the teacher's whole distribution, which the servers do not "
+            "return; use opsd_mode=shaping" if self.opsd_mode == "divergence" else ""))
 
 
 @register_method("opsd")

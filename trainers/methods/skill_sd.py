@@ -52,7 +52,12 @@ from trainers.skills import (
     select_skill,
     skill_text,
 )
-from trainers.teachers import TeacherView, score_privileged
+from trainers.teachers import (
+    PRIVILEGED_SCORING,
+    TeacherView,
+    check_privileged_scoring,
+    score_privileged,
+)
 from trainers.train_config import TrainConfig
 
 __all__ = ["SkillSD", "SkillSDConfig", "skill_sdl_loss", "build_summarizer", "pick_for_summary"]
@@ -88,6 +93,8 @@ class SkillSDConfig(TrainConfig):
     skills_per_group: int = _f(1, "trajectories summarized per group and step (the best rewards)")
     summarize_only_won: bool = _f(False, "summarize only successful trajectories")
     summarize_async: bool = _f(True, "summarize in a background thread (False: wait each step, reproducible)")
+    privileged_scoring: str = _f("trainer", "where the skill-conditioned teacher scores: the trainer's "
+                                 "copy of the policy, or the sampler servers (backend=server)", PRIVILEGED_SCORING)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -100,6 +107,7 @@ class SkillSDConfig(TrainConfig):
         if self.summarizer_attempts < 1 or self.skills_per_group < 0 or self.summarizer_max_tokens < 1:
             raise ConfigError("summarizer_attempts and summarizer_max_tokens must be >= 1, "
                               "skills_per_group >= 0")
+        check_privileged_scoring(self)
 
 
 def build_summarizer(cfg: SkillSDConfig, ctx: TrainContext, lock: threading.Lock) -> Summarizer:
