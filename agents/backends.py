@@ -594,7 +594,7 @@ def make_backend(
             raise BackendError("the vllm backend needs model_dir= (a local HF directory)")
         return VLLMBackend(model_dir, **kwargs)
     if kind == "server":
-        from agents.server import ServerBackend, ServerFleet, _cuda, parse_urls
+        from agents.server import ServerBackend, ServerFleet, parse_urls
         from agents.weights import make_transport
 
         urls = kwargs.pop("urls", "")
@@ -607,7 +607,7 @@ def make_backend(
                 raise BackendError("sampler_urls=auto needs a local model directory to serve")
             fleet = ServerFleet(str(model_dir), replicas=replicas, enable_lora=lora).start()
             urls = fleet.urls
-            kwargs.setdefault("serial_scoring", lora and not _cuda())
+            kwargs.setdefault("serial_scoring", fleet.serial_scoring)
         if not parse_urls(urls):
             raise BackendError("backend=server needs sampler_urls=<url,url,...> or sampler_urls=auto")
         return ServerBackend(parse_urls(urls), tokenizer, transport=transport, fleet=fleet, **kwargs)

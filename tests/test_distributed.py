@@ -97,7 +97,6 @@ def test_world_size_2_step_equals_world_size_1_lora(straight, tmp_path):
     assert _max_diff(_weights(tmp_path / "a" / "final"), after_one) <= 0.2 * LR
 
 
-
 @pytest.mark.slow
 def test_accelerate_launch_runs_the_same_two_rank_step(straight, tmp_path):
     """``accelerate launch --multi_gpu`` starts the ranks through torchrun (gloo here, no GPU)."""
@@ -113,6 +112,7 @@ def test_accelerate_launch_runs_the_same_two_rank_step(straight, tmp_path):
     for key in COMPARED:
         assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-7), key
     assert _actions(tmp_path, "a") == _actions(straight, "a")[:6]
+
 
 @pytest.mark.slow
 def test_world_size_2_step_equals_world_size_1_full_finetune(tmp_path):

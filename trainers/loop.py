@@ -374,8 +374,8 @@ def train(cfg: TrainConfig, *, policy: tuple[Any, Any] | None = None) -> TrainRe
 
         if cfg.resume:
             state, saved_policies = _resume(ctx, method, optimizer, scheduler, run_dir, cursor, logger)
-        if cfg.backend == "server" and not ctx.backend.syncs:  # servers given by URL may hold other
-            push_weights(ctx, state.policy_version)              # weights: the policy goes first
+        if cfg.backend == "server" and not ctx.backend.syncs:
+            push_weights(ctx, state.policy_version)  # servers given by URL may hold other weights
         rollouts = None
         if cfg.async_steps:  # the sampler runs ahead on its own copy of the policy
             rollouts = AsyncRollouts(ctx, functools.partial(_sample_with, method), cursor, cfg.async_steps)
